@@ -1,0 +1,63 @@
+"""The package builds with colcon (from PyPI) the way a ROS workspace builds it, and installs what
+`ros2 run` and `ros2 launch` need."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+PACKAGE_ENTRIES = ("package.xml", "CMakeLists.txt", "setup.py", "msg", "vpr_ros", "vpr_core", "launch",
+                   "config", "scripts")
+
+
+@pytest.fixture(scope="module")
+def install_tree(tmp_path_factory) -> Path:
+    ws = tmp_path_factory.mktemp("ws")
+    src = ws / "src" / "vpr_ros"
+    for entry in PACKAGE_ENTRIES:
+        source = REPO / entry
+        if source.is_dir():
+            shutil.copytree(source, src / entry, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            src.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, src / entry)
+    venv = Path(sys.prefix)
+    env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+               AMENT_PREFIX_PATH=str(venv), CMAKE_PREFIX_PATH=str(venv))
+    result = subprocess.run(
+        [str(venv / "bin" / "colcon"), "build", "--event-handlers", "console_direct-",
+         "--cmake-args", "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}",
+         f"-DCMAKE_PROJECT_INCLUDE={REPO / 'scripts' / 'pip_ros_wheels_fix.cmake'}"],
+        cwd=ws, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"colcon build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return ws / "install"
+
+
+def test_executables_launch_and_config_are_installed(install_tree):
+    prefix = install_tree / "vpr_ros"
+    for name in ("localize_node", "bag_player"):
+        exe = prefix / "lib" / "vpr_ros" / name
+        assert exe.is_file() and os.access(exe, os.X_OK), f"{exe} missing or not executable"
+    assert (prefix / "share" / "vpr_ros" / "launch" / "localize.launch.py").is_file()
+    yamls = sorted((prefix / "share" / "vpr_ros" / "config").glob("*.yaml"))
+    assert [p.name for p in yamls if p.name == "localize.yaml"], yamls
+    assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "vpr_ros").is_file()
+
+
+def test_messages_and_modules_import_from_the_install_tree(install_tree, tmp_path):
+    code = ("import vpr_ros, vpr_core, vpr_ros.localize_node\n"
+            "from vpr_ros.msg import PlaceMatch, PlaceMatchArray, LoopClosure\n"
+            "m = PlaceMatchArray(matches=[PlaceMatch(place_id=3)])\n"
+            "print(vpr_ros.msg.__file__, vpr_core.__file__, m.matches[0].place_id)\n")
+    result = subprocess.run(
+        ["bash", "-c", f"source '{install_tree / 'setup.bash'}' && '{sys.executable}' -c \"$0\"", code],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    msg_file, core_file, place_id = result.stdout.split()
+    assert Path(msg_file).is_relative_to(install_tree) and Path(core_file).is_relative_to(install_tree)
+    assert place_id == "3"

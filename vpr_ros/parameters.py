@@ -1,0 +1,169 @@
+"""The localizer node's parameters: one table with type, default, description and validation.
+
+Isaac ROS style: every parameter is declared up front with a descriptor, and the whole set is
+validated before anything (model, map, subscriptions) is started, so a bad value fails fast with a
+message that names the parameter and says what to change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.node import Node
+
+MODES = ("localization", "slam", "both")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+QOS_PROFILES = ("sensor_data", "reliable")
+GEOMETRIC = ("none", "orb", "sift")
+
+
+class ParameterError(ValueError):
+    """A parameter value that the node refuses to start with."""
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _at_least(low: float) -> Callable[[Any], str | None]:
+    return lambda v: None if v >= low else f"must be >= {low}"
+
+
+def _between(low: float, high: float) -> Callable[[Any], str | None]:
+    return lambda v: None if (math.isfinite(v) and low <= v <= high) else f"must be in [{low}, {high}]"
+
+
+def _topics(v: list[str]) -> str | None:
+    if not v or any(not t or not isinstance(t, str) for t in v):
+        return "must list at least one non-empty topic name"
+    if len(set(v)) != len(v):
+        return "lists a topic twice"
+    return None
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    default: Any
+    description: str
+    check: Callable[[Any], str | None] | None = None
+
+
+_TYPES = {
+    bool: ParameterType.PARAMETER_BOOL,
+    int: ParameterType.PARAMETER_INTEGER,
+    float: ParameterType.PARAMETER_DOUBLE,
+    str: ParameterType.PARAMETER_STRING,
+}
+
+SPECS: tuple[Spec, ...] = (
+    Spec("image_topics", ["/camera/image_raw"],
+         "Camera topics to localize. A name ending in /compressed is read as sensor_msgs/CompressedImage, "
+         "any other as sensor_msgs/Image.", _topics),
+    Spec("qos", "sensor_data", "QoS of the image subscriptions: sensor_data (best effort) or reliable.",
+         _one_of(QOS_PROFILES)),
+    Spec("qos_depth", 5, "History depth of the image subscriptions.", _at_least(1)),
+    Spec("max_rate_hz", 0.0, "Per-camera frame-rate limit; 0 processes every frame the worker can take.",
+         _at_least(0.0)),
+    Spec("mode", "localization",
+         "localization: match against the prebuilt map (read-only). slam: build a map of keyframes and "
+         "detect loop closures. both: do both.", _one_of(MODES)),
+    Spec("model.preset", "lite0", "Model preset used when model.checkpoint is empty."),
+    Spec("model.checkpoint", "", "Head checkpoint directory (safetensors + JSON); empty uses model.preset."),
+    Spec("model.backbone_weights", "",
+         "Local path of the backbone weights; empty uses the weights shipped with the preset's package."),
+    Spec("model.backend", "auto", "Inference backend: auto, torch, onnxruntime or tensorrt.", _one_of(BACKENDS)),
+    Spec("model.engine_cache_dir", "", "Where exported ONNX files and TensorRT engines are cached; "
+         "empty uses ~/.cache/vpr_ros."),
+    Spec("model.max_batch", 4, "Largest batch of camera frames encoded at once.", _at_least(1)),
+    Spec("model.threads", 0, "CPU threads of the inference backend; 0 lets it choose.", _at_least(0)),
+    Spec("model.allow_batch_dependent", False,
+         "Allow a model whose descriptor depends on the other images of the batch (SAGE InteractHead). "
+         "Per-frame results then depend on which frames arrive together."),
+    Spec("map.path", "", "Prebuilt map database directory (required in localization and both modes)."),
+    Spec("map.slam_path", "", "Where slam mode keeps its incremental map; empty keeps it in memory only."),
+    Spec("map.save_on_shutdown", True, "Save the slam map on clean shutdown (needs map.slam_path)."),
+    Spec("search.top_k", 5, "Matches published per query.", _at_least(1)),
+    Spec("search.rerank_k", 100, "Largest pool of binary-code candidates re-ranked by float descriptors.",
+         _at_least(1)),
+    Spec("search.adaptive", True, "Size the re-rank pool per query from the Hamming distance distribution."),
+    Spec("search.threads", 1, "Threads of the map search.", _at_least(1)),
+    Spec("localization.min_score", 0.5, "Cosine score the best match needs to be accepted.", _between(-1.0, 1.0)),
+    Spec("localization.min_margin", 0.02,
+         "Score margin the best match needs over the best match at a distinct place.", _between(0.0, 2.0)),
+    Spec("localization.distinct_places", 5,
+         "Map places within this many ids of the best match count as the same place for the margin test.",
+         _at_least(0)),
+    Spec("keyframe.min_interval_s", 0.5, "slam: least time between two keyframes.", _at_least(0.0)),
+    Spec("keyframe.min_distance_m", 0.0, "slam: least travel between keyframes when odometry is given.",
+         _at_least(0.0)),
+    Spec("keyframe.max_similarity", 0.98,
+         "slam: a frame whose cosine to the last keyframe is above this is not a new keyframe.",
+         _between(-1.0, 1.0)),
+    Spec("odom_topic", "", "Optional nav_msgs/Odometry topic; keyframe poses come from the nearest stamp."),
+    Spec("loop.exclude_recent_frames", 20, "Keyframes just before the query that never count as a loop.",
+         _at_least(0)),
+    Spec("loop.exclude_recent_seconds", 10.0, "Seconds before the query that never count as a loop.",
+         _at_least(0.0)),
+    Spec("loop.min_score", 0.6, "Cosine score a loop candidate needs.", _between(-1.0, 1.0)),
+    Spec("loop.consistency_k", 2, "A loop is published after k of the last n queries agree; 1 disables it.",
+         _at_least(1)),
+    Spec("loop.consistency_n", 3, "Window n of the consistency check.", _at_least(1)),
+    Spec("loop.geometric", "none", "Geometric verification: none, orb or sift.", _one_of(GEOMETRIC)),
+    Spec("loop.min_inliers", 30, "Inliers the geometric verification needs.", _at_least(1)),
+    Spec("publish_debug_image", False, "Publish ~/debug_image: the query beside the best map image."),
+    Spec("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", _between(0.05, 3600.0)),
+)
+
+
+def declare(node: Node) -> dict[str, Any]:
+    """Declares every parameter with its descriptor and returns the validated values.
+
+    Raises ParameterError naming the first bad parameter and what to change; nothing is started
+    before this returns.
+    """
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        kind = _TYPES[type(spec.default)] if not isinstance(spec.default, list) else ParameterType.PARAMETER_STRING_ARRAY
+        descriptor = ParameterDescriptor(description=spec.description, type=kind)
+        try:
+            value = node.declare_parameter(spec.name, spec.default, descriptor).value
+        except Exception as exc:  # rclpy raises several types for a value of the wrong type
+            raise ParameterError(f"parameter '{spec.name}': {exc}; expected {type(spec.default).__name__}, "
+                                 f"e.g. {spec.default!r}") from exc
+        problem = spec.check(value) if spec.check else None
+        if problem:
+            raise ParameterError(f"parameter '{spec.name}' = {value!r} {problem}")
+        values[spec.name] = value
+    _check_together(values)
+    return values
+
+
+def _check_together(v: dict[str, Any]) -> None:
+    """Rules that involve more than one parameter or the file system."""
+    if v["mode"] in ("localization", "both"):
+        if not v["map.path"]:
+            raise ParameterError(f"parameter 'map.path' is empty but mode is '{v['mode']}': give the directory "
+                                 "of a map built with `vpr build-map`, or set mode to 'slam'")
+        if not (Path(v["map.path"]) / "manifest.json").is_file():
+            raise ParameterError(f"parameter 'map.path' = '{v['map.path']}' is not a map database (no "
+                                 "manifest.json there); build one with `vpr build-map`")
+    if v["model.checkpoint"] and not Path(v["model.checkpoint"]).exists():
+        raise ParameterError(f"parameter 'model.checkpoint' = '{v['model.checkpoint']}' does not exist; "
+                             "give a checkpoint directory written by `vpr train`, or leave it empty for the preset")
+    if v["model.backbone_weights"] and not Path(v["model.backbone_weights"]).exists():
+        raise ParameterError(f"parameter 'model.backbone_weights' = '{v['model.backbone_weights']}' does not "
+                             "exist; download the backbone weights to a local path and point to it")
+    if v["search.top_k"] > v["search.rerank_k"]:
+        raise ParameterError(f"parameter 'search.top_k' = {v['search.top_k']} is larger than 'search.rerank_k' "
+                             f"= {v['search.rerank_k']}: raise rerank_k or lower top_k")
+    if v["loop.consistency_k"] > v["loop.consistency_n"]:
+        raise ParameterError(f"parameter 'loop.consistency_k' = {v['loop.consistency_k']} is larger than "
+                             f"'loop.consistency_n' = {v['loop.consistency_n']}")
+    if v["map.save_on_shutdown"] and v["mode"] != "localization" and not v["map.slam_path"]:
+        raise ParameterError("parameter 'map.save_on_shutdown' is true but 'map.slam_path' is empty: give a "
+                             "directory for the slam map or set map.save_on_shutdown to false")
