@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bagtools import DATA_ROOT
+from conftest import DATA as DATA_ROOT
 from vpr_core.data import DataError, Frame, open_source
 from vpr_core.data.images import list_images, natural_key, read_rgb
 

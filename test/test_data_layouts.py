@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from bagtools import DATA_ROOT
+from conftest import DATA as DATA_ROOT
 from vpr_core.data import NORDLAND_DEV, NORDLAND_TEST, DataError, open_dataset, open_source
 from vpr_core.data.vpr_benchmark import parse_utm_name
 

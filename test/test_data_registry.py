@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bagtools import DATA_ROOT, ImageStream, load_frames, stamps_at, write_bag
+from conftest import DATA as DATA_ROOT
+from vpr_core.data.bag_writer import ImageStream, load_frames, stamps_at, write_bag
 from vpr_core.data import READERS, DataError, FrameSource, get_reader, open_dataset, open_source, parse_spec
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from rosbags.typesys import get_typestore
 
-from bagtools import (
-    DATA_ROOT,
+from conftest import DATA as DATA_ROOT
+from vpr_core.data.bag_writer import (
     ROS2_STORE,
     START_NS,
     STORAGES,

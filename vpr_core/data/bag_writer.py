@@ -1,13 +1,13 @@
-"""Write real bags for tests and benches: rosbag2 (sqlite3, mcap) and ROS 1, through ``rosbags``.
+"""Write real bags: rosbag2 (sqlite3, mcap) and ROS 1, through ``rosbags``.
 
-Images come from ../shared/data; poses and fixes are whatever the caller passes. Every message is
+Used by the demo (query frames replayed through the bag player), the benches and the tests; images,
+poses and fixes are whatever the caller passes. Every message is
 built from the type store of the bag's ROS version and serialized the way a recorder would, so the
 readers under test see the same bytes as in a recorded bag.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +21,6 @@ from rosbags.rosbag2 import Writer as Writer2
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.store import Typestore
 
-# The real data sets, beside the repository unless VPR_DATA names another folder (as in conftest).
-DATA_ROOT = Path(os.environ.get("VPR_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 STORAGES = ("sqlite3", "mcap", "ros1")
 RAW_ENCODINGS = ("rgb8", "bgr8", "mono8")
 COMPRESSED_FORMATS = ("jpeg", "png")
@@ -35,7 +33,7 @@ ROS1_STORE = Stores.ROS1_NOETIC
 def load_frames(folder: Path, count: int, *, start: int = 0, step: int = 1) -> list[np.ndarray]:
     """The first ``count`` images of ``folder`` (sorted names, from ``start``, every ``step``) as RGB."""
     if not Path(folder).is_dir():
-        raise FileNotFoundError(f"test images {folder} are missing (set VPR_DATA to the data sets' folder)")
+        raise FileNotFoundError(f"images {folder} are missing (set VPR_DATA to the data sets' folder)")
     files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".png"))
     chosen = files[start : start + count * step : step]
     if len(chosen) < count:
