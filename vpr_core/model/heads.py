@@ -1,0 +1,138 @@
+"""The trainable heads: backbone features in, (binary logits, float descriptor) out.
+
+Two independent branches, as in SelaVPR++: a 512-bit hash branch whose sign is the code (straight-
+through estimation in training) and a float branch whose unit vector re-ranks. What feeds them
+depends on the head type:
+  selavpr - one side network of MultiConv adapters per branch over the tapped ViT token maps, then
+            the backbone's (frozen) final norm;
+  sage    - the last ``recalib_blocks`` frozen blocks each followed by a dynamic power norm, then a
+            trainable copy of the final norm; SoftP or GeM for the float branch;
+  cnn     - the CNN feature map directly (each branch's 1x1 projection stands in for the side network).
+An optional InteractHead (SAGE) mixes descriptors across the batch, which makes them batch dependent.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vpr_core.model.adapters import SideNetwork
+from vpr_core.model.aggregation import DPN, GeMBranch, SoftP
+from vpr_core.model.config import InteractConfig, ModelConfig
+
+
+class _SignSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def sign_ste(logits: torch.Tensor) -> torch.Tensor:
+    """+1 where logits >= 0, else -1; the gradient passes straight through (identity), as in SelaVPR++."""
+    return _SignSTE.apply(logits)
+
+
+class Recalibration(nn.Module):
+    """SAGE's recalibration: blocks [start, start + k) of the frozen backbone, each followed by a DPN.
+
+    The block weights stay the backbone's (frozen, never copied); gradients pass through them to the
+    DPNs, as in SAGE. Only these last k blocks are run here; the earlier ones are cached features.
+    """
+
+    def __init__(self, dim: int, start: int, count: int) -> None:
+        super().__init__()
+        self.start = start
+        self.dpn = nn.ModuleList(DPN(dim, 16) for _ in range(count))
+
+    def forward(self, tokens: torch.Tensor, backbone: nn.Module) -> torch.Tensor:
+        return backbone.run_blocks(tokens, self.start, self.start + len(self.dpn),
+                                   lambda i, t: self.dpn[i - self.start](t))
+
+
+class InteractHead(nn.Module):
+    """SAGE's cross-image encoder: the descriptor, cut into d_model-sized pieces, attends across the
+    images of the batch (sequence-first layout, so the sequence axis is the batch). SAGE leaves the
+    result unnormalised; here it is L2-normalised because every descriptor we return is a unit vector
+    (cosine ranking is unchanged by that)."""
+
+    def __init__(self, cfg: InteractConfig) -> None:
+        super().__init__()
+        self.d_model = cfg.d_model
+        layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.heads, dim_feedforward=cfg.ff_dim, dropout=0.1,
+                                           activation="gelu", batch_first=False)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+
+    def forward(self, desc: torch.Tensor) -> torch.Tensor:
+        b = desc.shape[0]
+        return F.normalize(self.encoder(desc.reshape(b, -1, self.d_model)).reshape(b, -1), p=2, dim=-1)
+
+
+class VPRHead(nn.Module):
+    def __init__(self, config: ModelConfig, backbone: nn.Module) -> None:
+        super().__init__()
+        self.head_type = config.head
+        self.float_side = self.hash_side = self.recalib = self.norm = self.interact = None
+        if backbone.kind == "vit":
+            width = backbone.embed_dim
+            self.num_prefix_tokens = backbone.num_prefix_tokens
+            self.grid = backbone.grid
+            if config.head == "selavpr":
+                n = len(backbone.taps) - 1
+                self.float_side = SideNetwork(width, config.side, n, self.num_prefix_tokens, self.grid)
+                self.hash_side = SideNetwork(width, config.side, n, self.num_prefix_tokens, self.grid)
+            else:
+                if config.recalib_blocks:
+                    self.recalib = Recalibration(width, backbone.taps[0], config.recalib_blocks)
+                self.norm = nn.LayerNorm(width, eps=1e-6)   # SAGE trains the final norm: a copy of the backbone's
+        else:
+            width = backbone.out_channels
+        if config.aggregation == "softp":
+            if backbone.kind != "vit":
+                raise ValueError(f"model config {config.preset!r}: SoftP needs a ViT (it reads the class token)")
+            self.float_branch = SoftP(width, config.softp)
+        else:
+            self.float_branch = GeMBranch(width, config.dim)
+        self.hash_branch = GeMBranch(width, config.bits)
+        if config.interact is not None:
+            self.interact = InteractHead(config.interact)
+
+    def reset_parameters(self, backbone: nn.Module) -> None:
+        """The documented starting point (adapters as SelaVPR++, branches geometry-preserving)."""
+        for side in (self.float_side, self.hash_side):
+            if side is not None:
+                side.reset_parameters()
+        for branch in (self.float_branch, self.hash_branch):
+            if isinstance(branch, GeMBranch):
+                branch.reset_parameters()
+        if self.norm is not None:
+            self.norm.load_state_dict(backbone.norm.state_dict())
+
+    def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, _, d = tokens.shape
+        return tokens[:, self.num_prefix_tokens:].reshape(b, self.grid[0], self.grid[1], d)
+
+    def forward(self, features: torch.Tensor, backbone: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(binary logits [N, bits] (L2-normalised; the code is their sign), descriptor [N, D] unit)."""
+        if self.head_type == "cnn":
+            grid_f = grid_h = features.permute(0, 2, 3, 1)
+            cls_token = None
+        elif self.head_type == "selavpr":
+            tokens = backbone.norm(self.float_side(features))
+            grid_f, cls_token = self._grid(tokens), tokens[:, 0]
+            grid_h = self._grid(backbone.norm(self.hash_side(features)))
+        else:
+            tokens = features[:, 0]
+            if self.recalib is not None:
+                tokens = self.recalib(tokens, backbone)
+            tokens = self.norm(tokens)
+            grid_f = grid_h = self._grid(tokens)
+            cls_token = tokens[:, 0]
+        desc = self.float_branch(grid_f, cls_token) if isinstance(self.float_branch, SoftP) else self.float_branch(grid_f)
+        if self.interact is not None:
+            desc = self.interact(desc)
+        return self.hash_branch(grid_h), desc

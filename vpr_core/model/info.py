@@ -1,0 +1,64 @@
+"""``vpr info``: what a model preset or checkpoint is made of.
+
+Prints, per preset (all of them by default) or for a checkpoint, the backbone, input size, code and
+descriptor sizes, and the total and trainable parameters of each part. Models are built on the meta
+device, so even ViT-L presets are described in a second and without their weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from vpr_core.model.checkpoint import CheckpointError, read_checkpoint_config
+from vpr_core.model.config import PRESETS, ModelConfig
+from vpr_core.model.vpr_model import build_model, parameter_report
+
+
+def describe(config: ModelConfig) -> str:
+    """A header line and a table of parameters per part."""
+    model = build_model(config, device="meta")
+    h, w = config.image_size
+    dependence = "batch-dependent (InteractHead)" if config.batch_dependent else "per-frame"
+    lines = [f"{config.preset}: {config.backbone} @ {h}x{w}, {config.bits}-bit code + {config.dim}-D "
+             f"float descriptor, head {config.head}/{config.aggregation}, {dependence}",
+             f"  {'part':<14}{'parameters':>14}{'trainable':>14}"]
+    for part, total, trainable in parameter_report(model):
+        lines.append(f"  {part:<14}{total:>14,}{trainable:>14,}")
+    return "\n".join(lines)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", action="append", choices=list(PRESETS), metavar="NAME",
+                        help=f"a model preset (repeatable; default: all of {', '.join(PRESETS)})")
+    parser.add_argument("--checkpoint", type=Path, metavar="DIR",
+                        help="a checkpoint directory (written by save_checkpoint); also prints its fingerprint "
+                             "and where its backbone weights are expected")
+
+
+def run(args: argparse.Namespace) -> int:
+    blocks = []
+    if args.checkpoint is not None:
+        try:
+            config, description = read_checkpoint_config(args.checkpoint)
+        except CheckpointError as exc:
+            print(f"vpr info: {exc}", file=sys.stderr)
+            return 1
+        blocks.append(f"checkpoint {args.checkpoint}\n  fingerprint {description['fingerprint']}\n"
+                      f"  backbone weights {description['backbone'].get('weights')}\n" + describe(config))
+    if args.preset or args.checkpoint is None:
+        blocks += [describe(PRESETS[name]) for name in (args.preset or PRESETS)]
+    print("\n\n".join(blocks))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vpr info", description=__doc__.splitlines()[0])
+    configure_parser(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
