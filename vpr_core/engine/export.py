@@ -1,0 +1,98 @@
+"""``vpr export``: the encoder as an ONNX file plus a JSON description, and a TensorRT engine with --trt.
+
+The JSON says everything a user of the ONNX file needs without our code (tensor names and shapes,
+preprocessing, how to read the bits, the fingerprint a map database checks). The engine is built
+only where TensorRT and a GPU exist; elsewhere ``--trt`` fails at once with what to install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from vpr_core.engine import trt_backend
+from vpr_core.engine.config import EncoderConfig
+from vpr_core.engine.engine_cache import EngineCache
+from vpr_core.engine.errors import BackendUnavailable, ExportError
+from vpr_core.engine.local_export import export_local_onnx
+from vpr_core.engine.model_source import load_model
+from vpr_core.engine.onnx_export import export_onnx, graph_precision, write_description
+from vpr_core.model.local_branch import load_local_branch
+
+log = logging.getLogger(__name__)
+LOCAL_ONNX = "model-local-fp32.onnx"
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--preset", help="model preset name (e.g. lite0)")
+    source.add_argument("--checkpoint", help="checkpoint directory (safetensors weights + JSON config)")
+    parser.add_argument("--backbone-weights", default="", help="local backbone weights file, if the preset needs one")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (created if missing)")
+    parser.add_argument("--precision", choices=("fp32", "fp16"),
+                        help="graph and engine precision (default: fp32, or fp16 with --trt)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17; default 17)")
+    parser.add_argument("--trt", action="store_true", help="also build a TensorRT engine (needs tensorrt and a GPU)")
+    parser.add_argument("--max-batch", type=int, default=8, help="largest batch of the engine's profile (default 8)")
+    parser.add_argument("--force-rebuild", action="store_true", help="rebuild the engine even if one matches")
+    parser.add_argument("--local", type=Path, help="local branch checkpoint: also write model-local-fp32.onnx, "
+                        "the graph with global and FoL++ local outputs (fp32, parity-checked)")
+
+
+def export(config: EncoderConfig, out: Path, opset: int = 17, trt: bool = False) -> dict:
+    """Writes ``model-<precision>.onnx`` + ``.json`` into ``out`` (and ``engine-<precision>.engine``
+    with its key record when ``trt``); returns the description."""
+    if trt:  # before the export, which takes a while, so a missing TensorRT fails at once
+        trt_backend.check_config(config)
+        tensorrt = trt_backend.import_tensorrt()
+        trt_backend.require_cuda()
+    precision = graph_precision(config.precision)
+    onnx_path = out / f"model-{precision}.onnx"
+    description = export_onnx(load_model(config), onnx_path, precision, opset)
+    log.info("wrote %s (fingerprint %s, min cosine to torch %.6f)", onnx_path, description["fingerprint"],
+             description["check"]["min_descriptor_cosine"])
+    if trt:
+        h, w = description["inputs"][0]["shape"][2:]
+        key = trt_backend.engine_key(tensorrt, onnx_path, config.precision, (3, h, w), config.max_batch)
+        _, engine_path = trt_backend.cached_engine(tensorrt, EngineCache(out), f"engine-{config.precision}",
+                                                   onnx_path, key, force_rebuild=config.force_rebuild)
+        description["tensorrt"] = {"engine_file": engine_path.name, "key": key.as_dict()}
+        write_description(onnx_path, description)
+        log.info("wrote %s (TensorRT %s, %s)", engine_path, key.tensorrt_version, key.gpu_name)
+    return description
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    precision = args.precision or ("fp16" if args.trt else "fp32")
+    try:
+        config = EncoderConfig(preset=args.preset or "", checkpoint=args.checkpoint or "",
+                               backbone_weights=args.backbone_weights, precision=precision,
+                               max_batch=args.max_batch, force_rebuild=args.force_rebuild)
+        description = export(config, args.out, opset=args.opset, trt=args.trt)
+        if args.local is not None:
+            model = load_model(config)
+            local = export_local_onnx(model, load_local_branch(args.local, model), args.out / LOCAL_ONNX, args.opset)
+            print(f"{args.out / LOCAL_ONNX}  local branch {local['local_branch']['fingerprint'][:12]}  "
+                  f"checks {local['check']}")
+    except (ValueError, OSError, ExportError, BackendUnavailable) as exc:  # checkpoint errors are ValueErrors
+        print(f"vpr export: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.out / description['onnx_file']}  fingerprint {description['fingerprint']}  "
+          f"inputs {description['inputs'][0]['shape']}  min cosine to torch "
+          f"{description['check']['min_descriptor_cosine']:.6f}")
+    if "tensorrt" in description:
+        print(args.out / description["tensorrt"]["engine_file"])
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="vpr export", description=__doc__.splitlines()[0])
+    configure_parser(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Backends chosen by name, and the ``auto`` rule.
+
+Backend modules are imported only when chosen: the tensorrt module needs NVIDIA's packages, and the
+node should not pay for importing a backend it does not run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+import logging
+
+from vpr_core.engine.config import EncoderConfig
+from vpr_core.engine.encoder import Encoder
+
+log = logging.getLogger(__name__)
+
+# name -> (module exposing create(config) -> Encoder, one-line help)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "torch": ("vpr_core.engine.torch_backend", "the torch model, eager; CPU or CUDA (autocast, CUDA graphs)"),
+    "onnxruntime": ("vpr_core.engine.ort_backend", "ONNX Runtime on the cached ONNX export; CPU, CUDA or TensorRT EP"),
+    "tensorrt": ("vpr_core.engine.trt_backend", "a TensorRT engine built from the ONNX export, cached"),
+}
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def ort_has_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def resolve_backend(config: EncoderConfig) -> str:
+    """The backend ``config`` names, or for ``auto``: TensorRT when a GPU and the tensorrt package
+    are present, else ONNX Runtime (which itself takes the CUDA provider when it has one, else the CPU).
+
+    bf16 is a torch-only precision, so ``auto`` with bf16 is torch.
+    """
+    if config.backend != "auto":
+        return config.backend
+    if config.precision == "bf16":
+        return "torch"
+    if config.device != "cpu" and importlib.util.find_spec("tensorrt") is not None and cuda_available():
+        return "tensorrt"
+    if config.device == "cpu" or config.precision == "fp32" or ort_has_cuda():
+        return "onnxruntime"
+    return "torch"
+
+
+def create_encoder(config: EncoderConfig) -> Encoder:
+    """The encoder ``config`` describes, on the backend it names (``auto`` resolved first)."""
+    config.validate()
+    name = resolve_backend(config)
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
+    resolved = dataclasses.replace(config, backend=name)
+    encoder = importlib.import_module(BACKENDS[name][0]).create(resolved)
+    log.info("encoder %s on backend %s (asked for %r)", encoder.fingerprint, name, config.backend)
+    return encoder
