@@ -1,0 +1,102 @@
+"""Geometric verification on real image pairs of the rtabmap_loop sequence."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from vpr_core.loop.geometry import GeometryConfig, extract_features, verify_features, verify_pair
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rtabmap_loop"
+
+# A revisit (frame 66 sees the corridor of frame 26 again) and two pairs that are not revisits:
+# 64/48 look different, 79/26 are two corridor views (frame 79 revisits frames 37-41).
+TRUE_PAIR = (66, 26)
+FALSE_PAIRS = [(64, 48), (79, 26)]
+# Rough pinhole guess for the 512x384 frames (about 60 degrees horizontal field of view); the sample
+# data ships no calibration, and the essential matrix only needs a plausible one.
+INTRINSICS = (440.0, 440.0, 256.0, 192.0)
+
+
+def load(frame: int) -> np.ndarray:
+    path = DATA / "images" / f"{frame:04d}.jpg"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: the rtabmap_loop data set belongs in ../shared/data (see its README)"
+        )
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def truth() -> set[tuple[int, int]]:
+    with open(DATA / "loop_pairs.csv", newline="") as f:
+        return {(int(r["query_frame"]), int(r["match_frame"])) for r in csv.DictReader(f)}
+
+
+def test_chosen_pairs_agree_with_ground_truth():
+    pairs = truth()
+    assert TRUE_PAIR in pairs
+    for pair in FALSE_PAIRS:
+        assert pair not in pairs
+
+
+@pytest.mark.parametrize("method", ["orb", "sift"])
+def test_true_revisit_passes_and_other_places_fail(method):
+    config = GeometryConfig(method=method)
+    good = verify_pair(load(TRUE_PAIR[0]), load(TRUE_PAIR[1]), config)
+    assert good.verified
+    assert good.inliers >= config.min_inliers
+    assert good.inliers <= good.matches <= min(good.keypoints)
+    assert good.rotation is None and good.translation_dir is None  # no intrinsics, no pose
+    for query, match in FALSE_PAIRS:
+        bad = verify_pair(load(query), load(match), config)
+        assert not bad.verified, (query, match, bad.inliers)
+        assert bad.inliers < config.min_inliers
+        assert bad.inliers < good.inliers / 3
+
+
+def test_essential_matrix_gives_a_consistent_relative_pose():
+    config = GeometryConfig(method="orb", intrinsics=INTRINSICS)
+    query, match = (extract_features(load(i), config) for i in TRUE_PAIR)
+    forward = verify_features(query, match, config)
+    backward = verify_features(match, query, config)
+    assert forward.verified and backward.verified
+    for result in (forward, backward):
+        rotation = result.rotation
+        assert np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-6)
+        assert np.linalg.det(rotation) == pytest.approx(1.0, abs=1e-6)
+        assert np.linalg.norm(result.translation_dir) == pytest.approx(1.0, abs=1e-6)
+    # Swapping the views inverts the motion: R_ba should be R_ab transposed, up to RANSAC noise.
+    residual = forward.rotation @ backward.rotation
+    angle = np.degrees(np.arccos(np.clip((np.trace(residual) - 1.0) / 2.0, -1.0, 1.0)))
+    assert angle < 5.0
+    # ... and the camera centre of the other view moves the opposite way: t_ba ~ -R_ba t_ab.
+    assert float(np.dot(backward.translation_dir, -backward.rotation @ forward.translation_dir)) > 0.9
+
+
+def test_features_of_another_method_are_refused():
+    image = load(TRUE_PAIR[0])
+    orb = extract_features(image, GeometryConfig(method="orb"))
+    with pytest.raises(ValueError, match="sift"):
+        verify_features(orb, orb, GeometryConfig(method="sift"))
+
+
+def test_bad_input_is_refused_with_a_reason():
+    with pytest.raises(ValueError, match="method"):
+        GeometryConfig(method="surf")
+    with pytest.raises(ValueError, match="intrinsics"):
+        GeometryConfig(intrinsics=(0.0, 440.0, 256.0, 192.0))
+    with pytest.raises(ValueError, match="uint8"):
+        extract_features(np.zeros((64, 64, 3), np.float32), GeometryConfig())
+    with pytest.raises(ValueError, match="shape"):
+        extract_features(np.zeros((64, 64, 4), np.uint8), GeometryConfig())
+
+
+def test_blank_images_have_no_geometry():
+    blank = np.full((120, 160, 3), 128, np.uint8)
+    result = verify_pair(blank, load(TRUE_PAIR[0]), GeometryConfig())
+    assert result.keypoints[0] == 0
+    assert not result.verified and result.inliers == 0
