@@ -5,7 +5,7 @@ import sys
 
 import rclpy
 from rclpy.node import Node
-from rosmsg_dict import fill
+from vpr_ros.conversion import fill
 
 from vpr_ros.msg import LoopClosure, PlaceMatchArray
 

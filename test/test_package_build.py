@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 
 PACKAGE_ENTRIES = ("package.xml", "CMakeLists.txt", "setup.py", "msg", "vpr_ros", "vpr_core", "launch",
-                   "config", "scripts")
+                   "config", "scripts", "checkpoints")
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,8 @@ def test_executables_launch_and_config_are_installed(install_tree):
     assert (prefix / "share" / "vpr_ros" / "launch" / "localize.launch.py").is_file()
     yamls = sorted((prefix / "share" / "vpr_ros" / "config").glob("*.yaml"))
     assert [p.name for p in yamls if p.name == "localize.yaml"], yamls
+    # the node's default model.checkpoint resolves here after `source install/setup.bash`
+    assert (prefix / "share" / "vpr_ros" / "checkpoints" / "lite0-nordland" / "heads.safetensors").is_file()
     assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "vpr_ros").is_file()
 
 

@@ -17,6 +17,15 @@ from vpr_core import __version__
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "build-map": ("vpr_core.build_map", "build a map database from images or a bag"),
+    "replay": ("vpr_core.replay", "run the node's pipeline over a bag offline"),
+    "eval": ("vpr_core.eval.evaluate", "Recall@N of float-only vs two-stage search on a benchmark, latency, report PNG"),
+    "info": ("vpr_core.model.info", "parameters per part, sizes and fingerprint of model presets or a checkpoint"),
+    "eval-loops": ("vpr_core.eval.loops", "loop-closure precision/recall on a sequence with ground truth: PR curve, recall at 100% precision"),
+    "export": ("vpr_core.engine.export", "the encoder as ONNX (+ JSON description), and a TensorRT engine with --trt"),
+    "train": ("vpr_core.train.command", "train the heads on cached backbone features (SelaVPR++ losses, SAGE batches)"),
+    "add-local": ("vpr_core.add_local", "store FoL++ local features in an existing map (local re-ranking)"),
+    "train-local": ("vpr_core.train.local_train", "train the FoL++ local branch on cached backbone features"),
 }
 
 
@@ -28,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vpr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+        sub.add_parser(name, help=help_text.replace("%", "%%"), add_help=False)  # help is %-formatted
     return parser
 
 

@@ -73,7 +73,10 @@ SPECS: tuple[Spec, ...] = (
          "localization: match against the prebuilt map (read-only). slam: build a map of keyframes and "
          "detect loop closures. both: do both.", _one_of(MODES)),
     Spec("model.preset", "lite0", "Model preset used when model.checkpoint is empty."),
-    Spec("model.checkpoint", "", "Head checkpoint directory (safetensors + JSON); empty uses model.preset."),
+    Spec("model.checkpoint", "checkpoints/lite0-nordland",
+         "Head checkpoint directory (safetensors + JSON); empty uses model.preset. A relative path is looked "
+         "up in the working directory, then the installed package share and the source tree (the shipped "
+         "lite0 heads trained on Nordland)."),
     Spec("model.backbone_weights", "",
          "Local path of the backbone weights; empty uses the weights shipped with the preset's package."),
     Spec("model.backend", "auto", "Inference backend: auto, torch, onnxruntime or tensorrt.", _one_of(BACKENDS)),
@@ -109,13 +112,16 @@ SPECS: tuple[Spec, ...] = (
          _at_least(0)),
     Spec("loop.exclude_recent_seconds", 10.0, "Seconds before the query that never count as a loop.",
          _at_least(0.0)),
-    Spec("loop.min_score", 0.6, "Cosine score a loop candidate needs.", _between(-1.0, 1.0)),
+    Spec("loop.min_score", 0.6, "Cosine score a loop candidate needs. Hand-set: the lite0 models give no "
+         "usable operating point on the Nordland-tiny development section to tune it on (README).",
+         _between(-1.0, 1.0)),
     Spec("loop.consistency_k", 2, "A loop is published after k of the last n queries agree; 1 disables it.",
          _at_least(1)),
     Spec("loop.consistency_n", 3, "Window n of the consistency check.", _at_least(1)),
     Spec("loop.geometric", "none", "Geometric verification: none, orb or sift.", _one_of(GEOMETRIC)),
     Spec("loop.min_inliers", 30, "Inliers the geometric verification needs.", _at_least(1)),
-    Spec("publish_debug_image", False, "Publish ~/debug_image: the query beside the best map image."),
+    Spec("publish_debug_image", False, "Publish ~/debug_image (rgb8): the query with the best place, its name, "
+         "score and decision written under it (the map keeps no images)."),
     Spec("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", _between(0.05, 3600.0)),
 )
 
@@ -152,9 +158,13 @@ def _check_together(v: dict[str, Any]) -> None:
         if not (Path(v["map.path"]) / "manifest.json").is_file():
             raise ParameterError(f"parameter 'map.path' = '{v['map.path']}' is not a map database (no "
                                  "manifest.json there); build one with `vpr build-map`")
-    if v["model.checkpoint"] and not Path(v["model.checkpoint"]).exists():
-        raise ParameterError(f"parameter 'model.checkpoint' = '{v['model.checkpoint']}' does not exist; "
-                             "give a checkpoint directory written by `vpr train`, or leave it empty for the preset")
+    if v["model.checkpoint"]:
+        found = _find_checkpoint(v["model.checkpoint"])
+        if found is None:
+            raise ParameterError(f"parameter 'model.checkpoint' = '{v['model.checkpoint']}' does not exist in the "
+                                 "working directory, the package share or the source tree; give a checkpoint "
+                                 "directory written by `vpr train`, or '' for the preset's untrained heads")
+        v["model.checkpoint"] = str(found)
     if v["model.backbone_weights"] and not Path(v["model.backbone_weights"]).exists():
         raise ParameterError(f"parameter 'model.backbone_weights' = '{v['model.backbone_weights']}' does not "
                              "exist; download the backbone weights to a local path and point to it")
@@ -167,3 +177,51 @@ def _check_together(v: dict[str, Any]) -> None:
     if v["map.save_on_shutdown"] and v["mode"] != "localization" and not v["map.slam_path"]:
         raise ParameterError("parameter 'map.save_on_shutdown' is true but 'map.slam_path' is empty: give a "
                              "directory for the slam map or set map.save_on_shutdown to false")
+
+
+def _find_checkpoint(path: str) -> Path | None:
+    """A relative checkpoint is tried against every place the shipped one can live, so the default
+    works from `ros2 launch` after a colcon install as well as from the README's source checkout."""
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate if candidate.exists() else None
+    roots = [Path.cwd()]
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        roots.append(Path(get_package_share_directory("vpr_ros")))
+    except (ImportError, LookupError, OSError):  # not in a ROS workspace: the source tree is enough
+        pass
+    roots.append(Path(__file__).resolve().parents[1])
+    return next((root / candidate for root in roots if (root / candidate).exists()), None)
+
+
+def localizer_config(v: dict[str, Any]):
+    """The validated parameters as the pipeline's configuration (the node's only translation step)."""
+    from vpr_core.engine import EncoderConfig
+    from vpr_core.keyframes import KeyframeConfig
+    from vpr_core.localizer import LocalizationConfig, LocalizerConfig
+    from vpr_core.loop import LoopConfig
+    from vpr_core.search import SearchConfig
+
+    search = SearchConfig(candidates=v["search.rerank_k"], max_candidates=v["search.rerank_k"],
+                          adaptive=v["search.adaptive"], threads=v["search.threads"])
+    return LocalizerConfig(
+        mode=v["mode"], map_path=v["map.path"], slam_map_path=v["map.slam_path"],
+        encoder=EncoderConfig(preset=v["model.preset"], checkpoint=v["model.checkpoint"],
+                              backbone_weights=v["model.backbone_weights"], backend=v["model.backend"],
+                              max_batch=v["model.max_batch"], threads=v["model.threads"],
+                              cache_dir=v["model.engine_cache_dir"]),
+        search=search,
+        localization=LocalizationConfig(top_k=v["search.top_k"], min_score=v["localization.min_score"],
+                                        min_margin=v["localization.min_margin"],
+                                        distinct_places=v["localization.distinct_places"]),
+        keyframe=KeyframeConfig(min_interval_s=v["keyframe.min_interval_s"],
+                                min_distance_m=v["keyframe.min_distance_m"],
+                                max_similarity=v["keyframe.max_similarity"]),
+        loop=LoopConfig(exclude_recent_frames=v["loop.exclude_recent_frames"],
+                        exclude_recent_seconds=v["loop.exclude_recent_seconds"],
+                        min_score=v["loop.min_score"], consistency_k=v["loop.consistency_k"],
+                        consistency_n=v["loop.consistency_n"], geometric=v["loop.geometric"],
+                        min_inliers=v["loop.min_inliers"], search=SearchConfig(threads=v["search.threads"])),
+        allow_batch_dependent=v["model.allow_batch_dependent"],
+    )

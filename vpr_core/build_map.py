@@ -1,0 +1,180 @@
+"""`vpr build-map`: a map database from a frame source (image folder, benchmark half, bag).
+
+Frames are encoded in batches; keyframes are chosen by the same selector as the node's slam mode;
+places are appended to the map in chunks, each append committed atomically, so a build that is
+stopped resumes where it stopped (frames come in capture order; the last place's source name marks
+the spot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from vpr_core.data import Frame, FrameSource, open_source
+from vpr_core.engine import Encoder, EncoderConfig, create_encoder
+from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
+from vpr_core.mapdb import MapDB, PlaceRecord
+from vpr_core.search import SearchConfig, TwoStageSearcher
+
+log = logging.getLogger(__name__)
+# The trained lite0 heads of the source tree: the default model of the CLI, the node and the demo.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "lite0-nordland"
+
+
+@dataclass
+class BuildConfig:
+    keyframe: KeyframeConfig = field(default_factory=KeyframeConfig)
+    batch_size: int = 16
+    commit_every: int = 256       # places per committed append
+    frame_id: str = "map"
+    resume: bool = True
+    search: SearchConfig = field(default_factory=SearchConfig)  # the stage-1 index stored with the map
+
+
+def _record(frame: Frame) -> PlaceRecord:
+    return PlaceRecord(stamp_ns=frame.stamp_ns or 0, source=frame.name, camera=frame.camera,
+                       pose=None if frame.pose is None else tuple(float(v) for v in frame.pose),
+                       latlon=frame.latlon)
+
+
+def _open_or_create(out: Path, encoder: Encoder, config: BuildConfig) -> MapDB:
+    if (out / "manifest.json").is_file():
+        if not config.resume:
+            raise FileExistsError(f"{out} already holds a map; remove it or resume the build (drop --no-resume)")
+        return MapDB.load(out, expected_fingerprint=encoder.fingerprint)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not a map database; choose an empty or new directory")
+    return MapDB.create(out, fingerprint=encoder.fingerprint, encoder_config=encoder.model_config.to_dict(),
+                        bits=encoder.bits, dim=encoder.dim, frame_id=config.frame_id)
+
+
+def _time_s(frame: Frame) -> float:
+    """Capture time; frames without stamps (image folders) count one second per frame."""
+    return frame.stamp_ns * 1e-9 if frame.stamp_ns is not None else float(frame.index)
+
+
+def _remaining(frames: Iterator[Frame], mapdb: MapDB, selector: KeyframeSelector,
+               encoder: Encoder) -> Iterator[Frame]:
+    """Skips the frames an earlier run already went through, and restores the keyframe selector.
+
+    The last place is found by its frame name and then re-encoded: two folders can share file names,
+    and only the image itself tells whether this is the source the map was built from.
+    """
+    if mapdb.size == 0:
+        yield from frames
+        return
+    last = mapdb.records([mapdb.size - 1])[0]
+    stored = np.asarray(mapdb.desc[-1], dtype=np.float32)
+    for frame in frames:
+        if frame.name == last.source:
+            if float(encoder.encode([frame.rgb])[1][0] @ stored) < 0.99:  # float16 storage, not identity
+                break
+            selector.accept(_time_s(frame), stored, frame.pose)
+            yield from frames
+            return
+    raise ValueError(f"cannot resume: the map's last place {last.source!r} is not among the source's frames "
+                     "(or is another image of that name); the map was built from another source")
+
+
+def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: BuildConfig = BuildConfig()) -> MapDB:
+    out = Path(out)
+    mapdb = _open_or_create(out, encoder, config)
+    selector = KeyframeSelector(config.keyframe)
+    frames = _remaining(iter(source), mapdb, selector, encoder)
+    pending: tuple[list, list, list] = ([], [], [])
+    done_before = mapdb.size
+    with tqdm(total=len(source), desc=f"build-map {out.name}", unit="img", disable=None) as bar:
+        while batch := list(islice(frames, config.batch_size)):
+            codes, desc = encoder.encode([f.rgb for f in batch])
+            for frame, code, d in zip(batch, codes, desc):
+                if selector.accept(_time_s(frame), d, frame.pose):
+                    pending[0].append(code)
+                    pending[1].append(d)
+                    pending[2].append(_record(frame))
+            if len(pending[2]) >= config.commit_every:
+                mapdb.append(np.stack(pending[0]), np.stack(pending[1]), pending[2])
+                pending = ([], [], [])
+            bar.update(len(batch))
+            bar.set_postfix(places=mapdb.size + len(pending[2]))
+    if pending[2]:
+        mapdb.append(np.stack(pending[0]), np.stack(pending[1]), pending[2])
+    # Training an IVF/HNSW index over a large map takes a minute; doing it here once means the node
+    # and replay start on the stored index instead of training it at every start.
+    if TwoStageSearcher.from_map(mapdb, config.search).save_index(mapdb):
+        log.info("map %s: stored its %s index", out, mapdb.index_info["kind"])
+    log.info("map %s: %d places (%d new)", out, mapdb.size, mapdb.size - done_before)
+    return mapdb
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model options every offline command shares."""
+    group = parser.add_argument_group("model (default: the shipped lite0 heads, checkpoints/lite0-nordland)")
+    group.add_argument("--preset", default="", help="model preset with its untrained heads, e.g. lite0")
+    group.add_argument("--checkpoint", default="", help="head checkpoint directory written by `vpr train`")
+    group.add_argument("--backbone-weights", default="", help="local path of the backbone weights")
+    group.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
+    group.add_argument("--threads", type=int, default=0, help="inference threads (0: library default)")
+
+
+def encoder_config(args: argparse.Namespace) -> EncoderConfig:
+    """The model the options name; neither --preset nor --checkpoint means the node's default model,
+    so a map built without model options is one the node's default configuration can localize in."""
+    checkpoint = args.checkpoint
+    if not checkpoint and not args.preset:
+        if not SHIPPED_CHECKPOINT.is_dir():
+            raise FileNotFoundError(f"the default model {SHIPPED_CHECKPOINT} is missing (it ships with the "
+                                    "source tree); pass --checkpoint DIR or --preset NAME")
+        checkpoint = str(SHIPPED_CHECKPOINT)
+    return EncoderConfig(preset=args.preset, checkpoint=checkpoint, backbone_weights=args.backbone_weights,
+                         backend=args.backend, threads=args.threads)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--source", required=True,
+                        help="frames: [READER:]PATH[?options], e.g. seasons:../shared/data/nordland_tiny?split=dev"
+                             "&part=database, or a bag: rosbag:run1.mcap?topics=/cam/image_raw")
+    parser.add_argument("--out", required=True, type=Path, help="map directory to write (or resume)")
+    add_encoder_arguments(parser)
+    kf = parser.add_argument_group("keyframes (default: every frame)")
+    kf.add_argument("--min-interval-s", type=float, default=0.0, help="least time between places")
+    kf.add_argument("--min-distance-m", type=float, default=0.0, help="least travel between places (needs poses)")
+    kf.add_argument("--max-similarity", type=float, default=1.0,
+                    help="skip frames whose cosine to the last place is above this (appearance change)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--frame-id", default="map", help="frame of the places' poses")
+    parser.add_argument("--index", default="auto", choices=("auto", "flat", "ivf", "hnsw"),
+                        help="stage-1 binary index stored with the map (auto: flat up to 50k places, else ivf)")
+    parser.add_argument("--no-resume", action="store_true", help="refuse to continue an existing map")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        config = BuildConfig(keyframe=KeyframeConfig(args.min_interval_s, args.min_distance_m, args.max_similarity),
+                             batch_size=args.batch_size, frame_id=args.frame_id, resume=not args.no_resume,
+                             search=SearchConfig(index=args.index))
+        mapdb = build_map(open_source(args.source), args.out, create_encoder(encoder_config(args)), config)
+    except (ValueError, OSError) as exc:
+        print(f"vpr build-map: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.out}: {mapdb.size} places, {mapdb.bits}-bit codes, {mapdb.dim}-D descriptors")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="vpr build-map", description=__doc__.splitlines()[0])
+    configure_parser(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

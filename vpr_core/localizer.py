@@ -1,0 +1,196 @@
+"""The localization pipeline shared by the ROS node, `vpr replay` and the demo.
+
+One object turns batches of camera frames into results: encode, two-stage search against the
+prebuilt map, accept/reject, and in slam mode keyframe selection, the incremental map and loop
+closure. The node only converts messages and publishes; replay only reads bags and writes files;
+both call `Localizer.process`, so their results are the same by construction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from vpr_core.data.frame import Frame
+from vpr_core.engine import Encoder, EncoderConfig, create_encoder
+from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
+from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector
+from vpr_core.mapdb import MapDB, PlaceRecord
+from vpr_core.search import SearchConfig, TwoStageSearcher
+
+MODES = ("localization", "slam", "both")
+
+
+@dataclass
+class LocalizationConfig:
+    top_k: int = 5
+    min_score: float = 0.5
+    # The best match must beat the best match at a *distinct* place (id further than
+    # `distinct_places` from it) by this much: two places that look alike are not a localization.
+    min_margin: float = 0.02
+    distinct_places: int = 5
+
+
+@dataclass
+class LocalizerConfig:
+    mode: str = "localization"
+    map_path: str = ""
+    slam_map_path: str = ""
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    localization: LocalizationConfig = field(default_factory=LocalizationConfig)
+    # slam keyframes: defaults that suit a camera at 10-30 Hz
+    keyframe: KeyframeConfig = field(default_factory=lambda: KeyframeConfig(0.5, 0.0, 0.98))
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    allow_batch_dependent: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.mode != "slam" and not self.map_path:
+            raise ValueError(f"mode {self.mode!r} needs map_path: a map built with `vpr build-map`")
+
+
+@dataclass
+class Match:
+    place_id: int
+    score: float
+    hamming: int
+    record: PlaceRecord
+
+
+@dataclass
+class FrameResult:
+    """What the pipeline concluded about one frame."""
+
+    frame: Frame
+    matches: list[Match]
+    accepted: bool
+    keyframe_id: int | None = None
+    loop: LoopCandidate | None = None
+    encode_ms: float = 0.0
+    search_ms: float = 0.0
+
+
+class Localizer:
+    def __init__(self, config: LocalizerConfig, encoder: Encoder | None = None) -> None:
+        self.config = config
+        self.encoder = encoder or create_encoder(config.encoder)
+        if self.encoder.batch_dependent and not config.allow_batch_dependent:
+            raise ValueError(
+                f"model {self.encoder.model_config.preset!r} makes each descriptor depend on the other "
+                "images of its batch (InteractHead), so a frame's result would depend on which frames "
+                "arrive with it; use a per-frame model, or allow it explicitly (allow_batch_dependent)")
+        self.map: MapDB | None = None
+        self.searcher: TwoStageSearcher | None = None
+        if config.mode != "slam":
+            self.map = MapDB.load(config.map_path, expected_fingerprint=self.encoder.fingerprint)
+            self.searcher = TwoStageSearcher.from_map(self.map, config.search)
+        self.slam_map: MapDB | None = None
+        self.loop_detector: LoopDetector | None = None
+        self.keyframes = KeyframeSelector(config.keyframe)
+        if config.mode != "localization":
+            self.reset()
+
+    @property
+    def map_size(self) -> int:
+        return self.map.size if self.map is not None else 0
+
+    @property
+    def map_frame(self) -> str:
+        return self.map.frame_id if self.map is not None else self.slam_map.frame_id
+
+    @property
+    def keyframe_count(self) -> int:
+        return self.slam_map.size if self.slam_map is not None else 0
+
+    def reset(self) -> None:
+        """Starts the slam keyframes afresh (the prebuilt map is read-only and stays).
+
+        A slam map already on disk is never overwritten: it is renamed to `<path>.<time>` first.
+        """
+        self.loop_detector = LoopDetector(self.config.loop)
+        self.keyframes.reset()
+        if self.config.mode == "localization":
+            return
+        path = Path(self.config.slam_map_path) if self.config.slam_map_path else _memory_map_dir()
+        if path.exists():
+            path.rename(path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"))
+        self.slam_map = MapDB.create(
+            path, fingerprint=self.encoder.fingerprint, encoder_config=self.encoder.model_config.to_dict(),
+            bits=self.encoder.bits, dim=self.encoder.dim, frame_id="odom")
+
+    def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
+        """Encodes the frames as one batch and localizes each of them."""
+        if not frames:
+            return []
+        start = time.perf_counter()
+        codes, desc = self.encoder.encode([f.rgb for f in frames])
+        encode_ms = (time.perf_counter() - start) * 1e3 / len(frames)
+        if not np.isfinite(desc).all():
+            raise ValueError("the encoder produced NaN or infinite descriptors; the model or its "
+                             "weights are broken")
+        results = [FrameResult(frame=f, matches=[], accepted=False, encode_ms=encode_ms) for f in frames]
+        if self.searcher is not None:
+            start = time.perf_counter()
+            self._localize(results, codes, desc)
+            search_ms = (time.perf_counter() - start) * 1e3 / len(frames)
+            for r in results:
+                r.search_ms = search_ms
+        if self.slam_map is not None:
+            for i, r in enumerate(results):
+                self._slam_step(r, codes[i], desc[i])
+        return results
+
+    def _localize(self, results: list[FrameResult], codes: np.ndarray, desc: np.ndarray) -> None:
+        cfg = self.config.localization
+        # Extra results so that the margin test can see the best match at a distinct place.
+        k = min(cfg.top_k + 2 * cfg.distinct_places + 1, self.map_size)
+        if k == 0:
+            return
+        found = self.searcher.search(codes, desc, k)
+        for row, r in enumerate(results):
+            valid = found.ids[row] >= 0
+            ids, scores, hamming = found.ids[row][valid], found.scores[row][valid], found.hamming[row][valid]
+            records = self.map.records(ids[: cfg.top_k])
+            r.matches = [Match(int(i), float(s), int(h), rec)
+                         for i, s, h, rec in zip(ids, scores, hamming, records)]
+            r.accepted = bool(len(ids)) and _accepted(ids, scores, cfg)
+
+    def _slam_step(self, r: FrameResult, code: np.ndarray, desc: np.ndarray) -> None:
+        stamp = (r.frame.stamp_ns or 0) * 1e-9
+        if not self.keyframes.accept(stamp, desc, r.frame.pose):
+            return
+        pose = tuple(float(x) for x in r.frame.pose) if r.frame.pose is not None else None
+        record = PlaceRecord(stamp_ns=r.frame.stamp_ns or 0, source=r.frame.source, camera=r.frame.camera,
+                             pose=pose)
+        (kf_id,) = self.slam_map.append(code[None], desc[None], [record])
+        r.keyframe_id = int(kf_id)
+        r.loop = self.loop_detector.update(Keyframe(
+            id=int(kf_id), stamp=stamp, desc=desc, code=code, pose=r.frame.pose,
+            image=r.frame.rgb if self.config.loop.geometric != "none" else None))
+
+
+def _accepted(ids: np.ndarray, scores: np.ndarray, cfg: LocalizationConfig) -> bool:
+    if scores[0] < cfg.min_score:
+        return False
+    distinct = np.abs(ids - ids[0]) > cfg.distinct_places
+    if not distinct.any():
+        return True
+    return float(scores[0] - scores[distinct][0]) >= cfg.min_margin
+
+
+def _memory_map_dir() -> Path:
+    """Without map.slam_path the keyframes still go through MapDB (one code path), in a temporary
+    directory that is removed at exit."""
+    import atexit
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="vpr_slam_"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path / "map"
