@@ -1,0 +1,84 @@
+"""`vpr add-local`: store FoL++ local features in an existing map, for the third search stage.
+
+Why a separate step: maps are built (and appended to) by the global encoder alone; the local branch
+is optional and may be trained later. This step re-reads the map's source frames, runs the backbone
+once per frame for the kept local patches, and commits them as one new map generation. The map must
+have been built by the same global model (fingerprint check) and every place must be found in the
+source by its recorded name; places are matched by name, so keyframe selection does not matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vpr_core.build_map import add_encoder_arguments, encoder_config
+from vpr_core.data import open_source
+from vpr_core.engine.model_source import load_model
+from vpr_core.mapdb import MapDB, MapError
+from vpr_core.model.local_branch import LocalEncoder, load_local_branch
+
+
+def add_local_features(mapdb: MapDB, frames, encoder: LocalEncoder, batch_size: int = 16) -> int:
+    """Encodes the frames whose names are places of ``mapdb`` and stores their kept patches for every
+    place; returns the number of places covered. Refuses when a place's frame is missing."""
+    ids = {record.source: i for i, record in enumerate(mapdb.records(np.arange(mapdb.size)))}
+    parts: dict[int, tuple[np.ndarray, ...]] = {}
+    batch: list = []
+
+    def flush() -> None:
+        _, _, (desc, rel, pos) = encoder.encode([f.rgb for f in batch])
+        for j, frame in enumerate(batch):
+            parts[ids[frame.name]] = (desc[j], rel[j], pos[j])
+        batch.clear()
+
+    for frame in tqdm(frames, desc=f"add-local {mapdb.path.name}", unit="img", disable=None):
+        if frame.name in ids and ids[frame.name] not in parts:
+            batch.append(frame)
+            if len(batch) == batch_size:
+                flush()
+    if batch:
+        flush()
+    missing = [i for i in range(mapdb.size) if i not in parts]
+    if missing:
+        raise MapError(f"{len(missing)} place(s) of map {mapdb.path} are not in the source (first: "
+                       f"{mapdb.records([missing[0]])[0].source!r}); pass the source the map was built from")
+    stacked = [np.stack([parts[i][k] for i in range(mapdb.size)]) for k in range(3)]
+    mapdb.store_local_features(*stacked, fingerprint=encoder.local_fingerprint)
+    return mapdb.size
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--map", required=True, type=Path, help="map directory (built by vpr build-map)")
+    parser.add_argument("--source", required=True, help="the frames the map was built from ([READER:]PATH[?options])")
+    parser.add_argument("--local", required=True, type=Path, help="local branch checkpoint directory")
+    add_encoder_arguments(parser)
+    parser.add_argument("--batch-size", type=int, default=16)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        model = load_model(encoder_config(args))
+        encoder = LocalEncoder(model, load_local_branch(args.local, model))
+        mapdb = MapDB.load(args.map, expected_fingerprint=encoder.fingerprint)
+        count = add_local_features(mapdb, open_source(args.source), encoder, args.batch_size)
+    except (ValueError, OSError) as exc:  # MapError and weight errors are ValueErrors
+        print(f"vpr add-local: {exc}", file=sys.stderr)
+        return 2
+    info = mapdb.local_info
+    print(f"{args.map}: local features for {count} places, {info['patches']} patches x {info['dim']}-D")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="vpr add-local", description=__doc__.splitlines()[0])
+    configure_parser(parser)
+    return run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
