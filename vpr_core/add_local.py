@@ -21,6 +21,7 @@ from vpr_core.data import open_source
 from vpr_core.engine.model_source import load_model
 from vpr_core.mapdb import MapDB, MapError
 from vpr_core.model.local_branch import LocalEncoder, load_local_branch
+from vpr_core.cli import run_module
 
 
 def add_local_features(mapdb: MapDB, frames, encoder: LocalEncoder, batch_size: int = 16) -> int:
@@ -74,11 +75,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="vpr add-local", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args())
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(sys.modules[__name__], "vpr add-local"))

@@ -24,6 +24,7 @@ from vpr_core.engine import Encoder, EncoderConfig, create_encoder
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
 from vpr_core.mapdb import MapDB, PlaceRecord
 from vpr_core.search import SearchConfig, TwoStageSearcher
+from vpr_core.cli import run_module
 
 log = logging.getLogger(__name__)
 # The trained lite0 heads of the source tree: the default model of the CLI, the node and the demo.
@@ -170,11 +171,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="vpr build-map", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args())
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(sys.modules[__name__], "vpr build-map"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from types import ModuleType
 from typing import Sequence
 
 from vpr_core import __version__
@@ -49,10 +50,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0 if args.command is None and not argv else 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
-    sub_parser = argparse.ArgumentParser(prog=f"vpr {name}", description=COMMANDS[name][1])
-    module.configure_parser(sub_parser)
-    return int(module.run(sub_parser.parse_args(rest)) or 0)
+    return run_module(importlib.import_module(COMMANDS[name][0]), f"vpr {name}", rest, COMMANDS[name][1])
+
+
+def run_module(module: ModuleType, prog: str, argv: Sequence[str] | None = None,
+               description: str | None = None) -> int:
+    """A stage module's command line: its `configure_parser` and `run`. The same for `vpr COMMAND`
+    and for `python -m vpr_core.<module>`, so the two never drift apart."""
+    parser = argparse.ArgumentParser(prog=prog, description=description or (module.__doc__ or "").splitlines()[0])
+    module.configure_parser(parser)
+    return int(module.run(parser.parse_args(argv)) or 0)
 
 
 if __name__ == "__main__":

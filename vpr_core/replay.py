@@ -26,6 +26,7 @@ from vpr_core.build_map import add_encoder_arguments, encoder_config
 from vpr_core.data import Frame, open_source
 from vpr_core.localizer import MODES, FrameResult, LocalizationConfig, Localizer, LocalizerConfig
 from vpr_core.messages import loop_closure_fields, place_match_array_fields, time_fields
+from vpr_core.cli import run_module
 
 MSG_DIR = Path(__file__).resolve().parents[1] / "msg"
 OUR_MESSAGES = ("PlaceMatch", "PlaceMatchArray", "LoopClosure")
@@ -177,11 +178,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="vpr replay", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args())
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(sys.modules[__name__], "vpr replay"))

@@ -20,6 +20,7 @@ from vpr_core.engine.local_export import export_local_onnx
 from vpr_core.engine.model_source import load_model
 from vpr_core.engine.onnx_export import export_onnx, graph_precision, write_description
 from vpr_core.model.local_branch import load_local_branch
+from vpr_core.cli import run_module
 
 log = logging.getLogger(__name__)
 LOCAL_ONNX = "model-local-fp32.onnx"
@@ -88,11 +89,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="vpr export", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args())
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(sys.modules[__name__], "vpr export"))

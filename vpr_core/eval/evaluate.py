@@ -35,6 +35,7 @@ from vpr_core.eval.report import save_examples
 from vpr_core.search import SearchConfig, SearchResult, TwoStageSearcher
 from vpr_core.search.local_rerank import LocalFeatures, LocalReranker, LocalRerankConfig
 from vpr_core.search.binary_index import KINDS as INDEX_KINDS
+from vpr_core.cli import run_module
 
 METHODS = ("float", "two_stage", "local")
 METHOD_LABELS = {"float": "float-only", "two_stage": "two-stage", "local": "+local"}
@@ -383,11 +384,5 @@ def open_local(args: argparse.Namespace) -> tuple[LocalEncoder | None, LocalRera
     return LocalEncoder(model, branch), config
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vpr eval", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args(argv))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(sys.modules[__name__], "vpr eval"))

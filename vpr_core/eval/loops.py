@@ -36,6 +36,7 @@ from vpr_core.eval.evaluate import encode_source, open_eval_dataset
 from vpr_core.eval.recall import to_jsonable, write_json
 from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector
 from vpr_core.search import SearchConfig, SearchResult, TwoStageSearcher
+from vpr_core.cli import run_module
 
 PAIRS_FILE = "loop_pairs.csv"
 RESULTS_FILE = "results.json"
@@ -433,11 +434,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vpr eval-loops", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args(argv))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(sys.modules[__name__], "vpr eval-loops"))

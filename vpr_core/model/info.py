@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
 
 from vpr_core.model.checkpoint import CheckpointError, read_checkpoint_config
 from vpr_core.model.config import PRESETS, ModelConfig
 from vpr_core.model.vpr_model import build_model, parameter_report
+from vpr_core.cli import run_module
 
 
 def describe(config: ModelConfig) -> str:
@@ -54,11 +54,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="vpr info", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args(argv))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(sys.modules[__name__], "vpr info"))

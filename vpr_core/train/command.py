@@ -12,6 +12,7 @@ import sys
 
 from vpr_core.train.config import load_train_config
 from vpr_core.train.trainer import train
+from vpr_core.cli import run_module
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -47,11 +48,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="vpr train", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args())
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(sys.modules[__name__], "vpr train"))

@@ -29,6 +29,7 @@ from vpr_core.train.config import load_train_config
 from vpr_core.train.local_losses import (contrast_loss, correspondence_precision, matching_evidence,
                                          pseudo_correspondences, reliability_alignment_loss)
 from vpr_core.train.trainer import SplitData, load_split, positives_within, season_rows, train_val_split
+from vpr_core.cli import run_module
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +185,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="vpr train-local", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args())
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(sys.modules[__name__], "vpr train-local"))

@@ -24,6 +24,7 @@ from vpr_core.model import VPRModel, build_model, load_checkpoint, pack_codes
 from vpr_core.search import SearchConfig, TwoStageSearcher
 from vpr_core.train.config import TrainConfig, load_train_config
 from vpr_core.train.trainer import encode, load_split, positives_within, season_rows
+from vpr_core.cli import run_module
 
 NS = (1, 5, 10)
 
@@ -70,11 +71,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m vpr_core.train.report", description=__doc__.splitlines()[0])
-    configure_parser(parser)
-    return run(parser.parse_args())
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_module(sys.modules[__name__], "python -m vpr_core.train.report"))
