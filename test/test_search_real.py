@@ -95,7 +95,7 @@ def test_ivf_with_float_coarse_quantizer_on_real_descriptors(tmp_path, nordland)
     )
     np.testing.assert_array_equal(everything.ids, exact.ids)
     ivf = TwoStageSearcher.from_map(mapdb, SearchConfig(index="ivf", nlist=8, nprobe=4))
-    assert ivf.index_params == {"nlist": 8, "nprobe": 4, "pca_dim": 256}
+    assert ivf.index_params == {"nlist": 8, "nprobe": 4, "pca_dim": 128}
     got = ivf.search(qc, qd, 5)
     # Measured 0.88 probing half of the lists: winter queries are far from every summer place, the
     # hardest case for a coarse quantizer (the float top-1 itself is right for only 7% of them).

@@ -39,7 +39,7 @@ class SearchConfig:
     flat_max: int = 50_000
     nlist: int = 0  # IVF lists; 0 = from the map size (binary_index.ivf_params)
     nprobe: int = 0  # IVF lists scanned per query; 0 = from nlist
-    pca_dim: int = 256  # IVF coarse quantizer works on descriptors reduced to this (0 = no PCA)
+    pca_dim: int = 128  # IVF coarse quantizer works on descriptors reduced to this (0 = no PCA)
     hnsw_m: int = 32
     hnsw_ef_search: int = 0  # 0 = the stage-1 pool size
     retrain_ratio: float = 0.5  # rebuild the trained index when the flat tail of added places
