@@ -167,7 +167,8 @@ def test_local_encoder_on_real_images_keeps_reliable_patches(lite0, data_dir):
     with torch.no_grad():
         branch.reliability[2].weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(0))
     encoder = LocalEncoder(lite0, branch)
-    codes, desc, (ldesc, rel, pos) = encoder.encode(images)
+    codes, desc, kept = encoder.encode_local(images)
+    ldesc, rel, pos = kept.desc, kept.rel, kept.pos
     assert encoder.grid == (8, 10) and encoder.keep == 32
     assert codes.shape == (3, 64) and desc.shape == (3, 1280)
     assert ldesc.shape == (3, 32, 64) and ldesc.dtype == np.float16 and rel.shape == (3, 32)
@@ -242,7 +243,8 @@ def test_add_local_features_to_a_built_map_and_search_it(lite0, data_dir, tmp_pa
     assert loaded.local_info["count"] == 4 and loaded.local_info["fingerprint"] == local.local_fingerprint
     searcher = TwoStageSearcher.from_map(loaded, SearchConfig(), LocalRerankConfig(margin=1.0, max_candidates=4))
     query = read_rgb(data_dir / "corridor" / "query" / "0000060.jpg")
-    codes, desc, (ldesc, rel, pos) = local.encode([query])
+    codes, desc, kept = local.encode_local([query])
+    ldesc, rel, pos = kept.desc, kept.rel, kept.pos
     out = searcher.search(codes, desc, 2, query_local=LocalFeatures(ldesc, rel, pos))
     assert out.pool[0] == 4 and loaded.records([out.ids[0, 0]])[0].source == "0000060.jpg"
     (folder / "0000090.jpg").unlink()

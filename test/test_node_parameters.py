@@ -49,6 +49,10 @@ def test_node_runs_with_the_values_of_the_yaml_file(ros_env, tmp_path):
     ([], "map.path"),
     (["mode:=slam", "map.save_on_shutdown:=false", "search.top_k:=50", "search.rerank_k:=10"], "search.top_k"),
     (["mode:=slam", "map.save_on_shutdown:=false", "model.backend:=cuda"], "model.backend"),
+    (["mode:=slam", "map.save_on_shutdown:=false", "model.local_branch:=/nonexistent/branch"], "model.local_branch"),
+    (["mode:=slam", "map.save_on_shutdown:=false", "model.local_branch:=checkpoints/lite0-nordland-local"],
+     "model.local_branch"),
+    (["mode:=slam", "map.save_on_shutdown:=false", "search.local_weight:=1.5"], "search.local_weight"),
 ])
 def test_bad_parameter_stops_the_node_with_a_clear_message(ros_env, overrides, named):
     args = [*NODE] + [x for o in overrides for x in ("-p", o)]

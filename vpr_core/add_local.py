@@ -32,9 +32,9 @@ def add_local_features(mapdb: MapDB, frames, encoder: LocalEncoder, batch_size: 
     batch: list = []
 
     def flush() -> None:
-        _, _, (desc, rel, pos) = encoder.encode([f.rgb for f in batch])
+        _, _, local = encoder.encode_local([f.rgb for f in batch])
         for j, frame in enumerate(batch):
-            parts[ids[frame.name]] = (desc[j], rel[j], pos[j])
+            parts[ids[frame.name]] = (local.desc[j], local.rel[j], local.pos[j])
         batch.clear()
 
     for frame in tqdm(frames, desc=f"add-local {mapdb.path.name}", unit="img", disable=None):

@@ -17,10 +17,14 @@ import numpy as np
 
 from vpr_core.data.frame import Frame
 from vpr_core.engine import Encoder, EncoderConfig, create_encoder
+from vpr_core.engine.local_engines import create_local_encoder
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
 from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector
 from vpr_core.mapdb import MapDB, PlaceRecord
+from vpr_core.mapdb.local_features import LocalFeatures
+from vpr_core.model.local_branch import LocalEncoder
 from vpr_core.search import SearchConfig, TwoStageSearcher
+from vpr_core.search.local_rerank import LocalRerankConfig
 
 MODES = ("localization", "slam", "both")
 
@@ -47,12 +51,19 @@ class LocalizerConfig:
     keyframe: KeyframeConfig = field(default_factory=lambda: KeyframeConfig(0.5, 0.0, 0.98))
     loop: LoopConfig = field(default_factory=LoopConfig)
     allow_batch_dependent: bool = False
+    # FoL++ third stage: a local branch checkpoint directory ("" = two-stage search only). The map
+    # must hold this branch's patches (`vpr add-local`).
+    local_branch: str = ""
+    local_rerank: LocalRerankConfig = field(default_factory=LocalRerankConfig)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.mode != "slam" and not self.map_path:
             raise ValueError(f"mode {self.mode!r} needs map_path: a map built with `vpr build-map`")
+        if self.local_branch and self.mode == "slam":
+            raise ValueError("local_branch re-ranks matches in the prebuilt map, which mode 'slam' does not use; "
+                             "set mode 'localization' or 'both', or leave local_branch empty")
 
 
 @dataclass
@@ -74,12 +85,20 @@ class FrameResult:
     loop: LoopCandidate | None = None
     encode_ms: float = 0.0
     search_ms: float = 0.0
+    local_pool: int = 0  # candidates the local stage re-ranked (0: stage off or skipped)
 
 
 class Localizer:
     def __init__(self, config: LocalizerConfig, encoder: Encoder | None = None) -> None:
         self.config = config
-        self.encoder = encoder or create_encoder(config.encoder)
+        if encoder is None:
+            encoder = (create_local_encoder(config.encoder, config.local_branch) if config.local_branch
+                       else create_encoder(config.encoder))
+        elif config.local_branch and not isinstance(encoder, LocalEncoder):
+            raise ValueError("local_branch is set but the given encoder has no local branch; pass a "
+                             "LocalEncoder (vpr_core.engine.local_engines.create_local_encoder)")
+        self.encoder = encoder
+        self.local = config.local_branch != ""
         if self.encoder.batch_dependent and not config.allow_batch_dependent:
             raise ValueError(
                 f"model {self.encoder.model_config.preset!r} makes each descriptor depend on the other "
@@ -89,7 +108,9 @@ class Localizer:
         self.searcher: TwoStageSearcher | None = None
         if config.mode != "slam":
             self.map = MapDB.load(config.map_path, expected_fingerprint=self.encoder.fingerprint)
-            self.searcher = TwoStageSearcher.from_map(self.map, config.search)
+            self.searcher = TwoStageSearcher.from_map(self.map, config.search, config.local_rerank)
+            if self.local:
+                self._check_local_features()
         self.slam_map: MapDB | None = None
         self.loop_detector: LoopDetector | None = None
         self.keyframes = KeyframeSelector(config.keyframe)
@@ -129,7 +150,12 @@ class Localizer:
         if not frames:
             return []
         start = time.perf_counter()
-        codes, desc = self.encoder.encode([f.rgb for f in frames])
+        images = [f.rgb for f in frames]
+        local = None
+        if self.local:
+            codes, desc, local = self.encoder.encode_local(images)
+        else:
+            codes, desc = self.encoder.encode(images)
         encode_ms = (time.perf_counter() - start) * 1e3 / len(frames)
         if not np.isfinite(desc).all():
             raise ValueError("the encoder produced NaN or infinite descriptors; the model or its "
@@ -137,7 +163,7 @@ class Localizer:
         results = [FrameResult(frame=f, matches=[], accepted=False, encode_ms=encode_ms) for f in frames]
         if self.searcher is not None:
             start = time.perf_counter()
-            self._localize(results, codes, desc)
+            self._localize(results, codes, desc, local)
             search_ms = (time.perf_counter() - start) * 1e3 / len(frames)
             for r in results:
                 r.search_ms = search_ms
@@ -146,14 +172,29 @@ class Localizer:
                 self._slam_step(r, codes[i], desc[i])
         return results
 
-    def _localize(self, results: list[FrameResult], codes: np.ndarray, desc: np.ndarray) -> None:
+    def _check_local_features(self) -> None:
+        info = self.map.local_info
+        branch = self.config.local_branch
+        if info is None:
+            raise ValueError(f"map {self.map.path} holds no local features for the local branch {branch}; add "
+                             f"them with `vpr add-local --map {self.map.path} --source <the map's frames> --local "
+                             f"{branch}`, or leave local_branch empty")
+        if info["fingerprint"] != self.encoder.local_fingerprint:
+            raise ValueError(f"map {self.map.path} holds local features of another local branch "
+                             f"({info['fingerprint'][:12]}..., {branch} is {self.encoder.local_fingerprint[:12]}...); "
+                             "run `vpr add-local` with this branch again")
+
+    def _localize(self, results: list[FrameResult], codes: np.ndarray, desc: np.ndarray,
+                  local: LocalFeatures | None) -> None:
         cfg = self.config.localization
         # Extra results so that the margin test can see the best match at a distinct place.
         k = min(cfg.top_k + 2 * cfg.distinct_places + 1, self.map_size)
         if k == 0:
             return
-        found = self.searcher.search(codes, desc, k)
+        found = self.searcher.search(codes, desc, k, query_local=local)
         for row, r in enumerate(results):
+            if local is not None:
+                r.local_pool = int(found.pool[row])
             valid = found.ids[row] >= 0
             ids, scores, hamming = found.ids[row][valid], found.scores[row][valid], found.hamming[row][valid]
             records = self.map.records(ids[: cfg.top_k])

@@ -55,7 +55,7 @@ def result_record(result: FrameResult) -> dict[str, Any]:
         "matches": [{"place_id": m.place_id, "score": m.score, "hamming": m.hamming, "source": m.record.source}
                     for m in result.matches],
         "keyframe_id": result.keyframe_id, "encode_ms": result.encode_ms, "search_ms": result.search_ms,
-        "loop": None,
+        "local_pool": result.local_pool, "loop": None,
     }
     if result.loop is not None:
         loop = result.loop
@@ -153,6 +153,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--min-score", type=float, default=LocalizationConfig.min_score)
     add_encoder_arguments(parser)
+    parser.add_argument("--local", default="", help="FoL++ local branch checkpoint directory: adds local "
+                        "re-ranking (the map needs its patches: vpr add-local)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--realtime", action="store_true", help="pace the frames at the bag's own rate")
     parser.add_argument("--out", type=Path, default=Path("replay.jsonl"), help="JSON lines, one per frame")
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         topics = f"?topics={args.topics}" if args.topics else ""
         source = open_source(f"rosbag:{args.bag}{topics}")
         config = LocalizerConfig(mode=args.mode, map_path=args.map, encoder=encoder_config(args),
-                                 localization=LocalizationConfig(top_k=args.top_k, min_score=args.min_score))
+                                 local_branch=args.local, localization=LocalizationConfig(top_k=args.top_k, min_score=args.min_score))
         summary = replay(iter(source), len(source), Localizer(config), batch_size=args.batch_size,
                          realtime=args.realtime, jsonl=args.out, out_bag=args.out_bag)
     except (ValueError, OSError) as exc:

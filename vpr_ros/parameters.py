@@ -87,6 +87,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("model.allow_batch_dependent", False,
          "Allow a model whose descriptor depends on the other images of the batch (SAGE InteractHead). "
          "Per-frame results then depend on which frames arrive together."),
+    Spec("model.local_branch", "",
+         "FoL++ local branch checkpoint directory (e.g. checkpoints/lite0-nordland-local); non-empty adds local "
+         "re-ranking of the best matches against the patches stored in the map (add them with `vpr add-local`). "
+         "Empty: binary + float search only."),
     Spec("map.path", "", "Prebuilt map database directory (required in localization and both modes)."),
     Spec("map.slam_path", "", "Where slam mode keeps its incremental map; empty keeps it in memory only."),
     Spec("map.save_on_shutdown", True, "Save the slam map on clean shutdown (needs map.slam_path)."),
@@ -95,6 +99,11 @@ SPECS: tuple[Spec, ...] = (
          _at_least(1)),
     Spec("search.adaptive", True, "Size the re-rank pool per query from the Hamming distance distribution."),
     Spec("search.threads", 1, "Threads of the map search.", _at_least(1)),
+    Spec("search.local_margin", 0.02, "Local stage: matches within this cosine of the best are re-ranked.",
+         _between(0.0, 2.0)),
+    Spec("search.local_max_candidates", 20, "Local stage: most matches re-ranked per query.", _at_least(1)),
+    Spec("search.local_weight", 0.5, "Local stage: weight of the local score against the global cosine.",
+         _between(0.0, 1.0)),
     Spec("localization.min_score", 0.5, "Cosine score the best match needs to be accepted.", _between(-1.0, 1.0)),
     Spec("localization.min_margin", 0.02,
          "Score margin the best match needs over the best match at a distinct place.", _between(0.0, 2.0)),
@@ -165,6 +174,16 @@ def _check_together(v: dict[str, Any]) -> None:
                                  "working directory, the package share or the source tree; give a checkpoint "
                                  "directory written by `vpr train`, or '' for the preset's untrained heads")
         v["model.checkpoint"] = str(found)
+    if v["model.local_branch"]:
+        found = _find_checkpoint(v["model.local_branch"])
+        if found is None:
+            raise ParameterError(f"parameter 'model.local_branch' = '{v['model.local_branch']}' does not exist in "
+                                 "the working directory, the package share or the source tree; give a directory "
+                                 "written by `vpr train-local`, or '' to search without it")
+        if v["mode"] == "slam":
+            raise ParameterError("parameter 'model.local_branch' is set but mode is 'slam', which has no prebuilt "
+                                 "map to re-rank in: set mode 'localization' or 'both', or model.local_branch ''")
+        v["model.local_branch"] = str(found)
     if v["model.backbone_weights"] and not Path(v["model.backbone_weights"]).exists():
         raise ParameterError(f"parameter 'model.backbone_weights' = '{v['model.backbone_weights']}' does not "
                              "exist; download the backbone weights to a local path and point to it")
@@ -202,6 +221,7 @@ def localizer_config(v: dict[str, Any]):
     from vpr_core.localizer import LocalizationConfig, LocalizerConfig
     from vpr_core.loop import LoopConfig
     from vpr_core.search import SearchConfig
+    from vpr_core.search.local_rerank import LocalRerankConfig
 
     search = SearchConfig(candidates=v["search.rerank_k"], max_candidates=v["search.rerank_k"],
                           adaptive=v["search.adaptive"], threads=v["search.threads"])
@@ -224,4 +244,7 @@ def localizer_config(v: dict[str, Any]):
                         consistency_n=v["loop.consistency_n"], geometric=v["loop.geometric"],
                         min_inliers=v["loop.min_inliers"], search=SearchConfig(threads=v["search.threads"])),
         allow_batch_dependent=v["model.allow_batch_dependent"],
+        local_branch=v["model.local_branch"],
+        local_rerank=LocalRerankConfig(margin=v["search.local_margin"], max_candidates=v["search.local_max_candidates"],
+                                       local_weight=v["search.local_weight"]),
     )

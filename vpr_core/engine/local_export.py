@@ -71,7 +71,7 @@ def export_local_onnx(model: VPRModel, branch: LocalBranch, path: Path | str, op
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data)
     description = describe(model.config, path, "fp32", opset, check)
-    patches = "patches = h' x w' of the backbone map, row-major"
+    patches = "patches = h' x w' of the backbone map (local_branch.grid), row-major"
     description["outputs"] += [
         {"name": LOCAL_OUTPUT_NAMES[2], "dtype": "float32", "shape": ["batch", "patches", branch.config.dim],
          "meaning": f"local descriptor of every patch, L2-normalised ({patches})"},
@@ -79,8 +79,10 @@ def export_local_onnx(model: VPRModel, branch: LocalBranch, path: Path | str, op
          "meaning": f"reliability of every patch in (0, 1); keep the top {branch.config.keep_fraction:.0%} "
                     f"(vpr_core.model.local_branch.select_patches)"},
     ]
+    with torch.no_grad():
+        grid = [int(d) for d in model.backbone_features(torch.zeros(1, 3, h, w)).shape[2:]]
     description["local_branch"] = {"fingerprint": branch_fingerprint(branch),
-                                   "keep_fraction": branch.config.keep_fraction}
+                                   "keep_fraction": branch.config.keep_fraction, "grid": grid}
     write_description(path, description)
     return description
 

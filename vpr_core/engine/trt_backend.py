@@ -124,17 +124,16 @@ def cached_engine(trt: ModuleType, cache: EngineCache, name: str, onnx_path: Pat
         return engine, cache.store(name, key, engine)
 
 
-class TrtEncoder(Encoder):
+class TrtRunner:
     """Runs a deserialized engine on preallocated device buffers in its own CUDA stream.
 
     The preprocessed batch is copied to the GPU once through pinned memory; nothing goes back to the
-    host until the two small outputs are ready.
+    host until the outputs are ready. Output buffers are sized from the engine (batch first), so the
+    same runner serves the global graph and the one with local outputs.
     """
 
-    backend = "tensorrt"
-
-    def __init__(self, config: EncoderConfig, model_config: ModelConfig, engine: bytes, trt: ModuleType) -> None:
-        super().__init__(config, model_config)
+    def __init__(self, engine: bytes, trt: ModuleType, output_names: tuple[str, ...], max_batch: int,
+                 input_hw: tuple[int, int]) -> None:
         torch = require_cuda()
         self._torch = torch
         self._logger = trt.Logger(trt.Logger.WARNING)
@@ -145,32 +144,45 @@ class TrtEncoder(Encoder):
                                      "rebuild it with force_rebuild")
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
-        n, (h, w) = config.max_batch, self.input_hw
-        self._input_host = torch.empty((n, 3, h, w), dtype=torch.float32, pin_memory=True)
-        self._input_device = torch.empty((n, 3, h, w), dtype=torch.float32, device="cuda")
+        self.output_names = output_names
+        h, w = input_hw
+        self._input_host = torch.empty((max_batch, 3, h, w), dtype=torch.float32, pin_memory=True)
+        self._input_device = torch.empty((max_batch, 3, h, w), dtype=torch.float32, device="cuda")
         self._outputs_device, self._outputs_host = {}, {}
-        for name in OUTPUT_NAMES:
+        for name in output_names:
             dtype = torch.from_numpy(np.empty(0, dtype=trt.nptype(self._engine.get_tensor_dtype(name)))).dtype
-            width = self._engine.get_tensor_shape(name)[1]
-            self._outputs_device[name] = torch.empty((n, width), dtype=dtype, device="cuda")
-            self._outputs_host[name] = torch.empty((n, width), dtype=dtype, pin_memory=True)
+            shape = (max_batch, *tuple(self._engine.get_tensor_shape(name))[1:])
+            self._outputs_device[name] = torch.empty(shape, dtype=dtype, device="cuda")
+            self._outputs_host[name] = torch.empty(shape, dtype=dtype, pin_memory=True)
 
-    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The outputs for a preprocessed batch, float32, in ``output_names`` order."""
         torch, n = self._torch, len(batch)
         with torch.cuda.stream(self._stream):
             self._input_host[:n].copy_(torch.from_numpy(batch))
             self._input_device[:n].copy_(self._input_host[:n], non_blocking=True)
             self._context.set_input_shape(INPUT_NAME, tuple(self._input_device[:n].shape))
             self._context.set_tensor_address(INPUT_NAME, self._input_device.data_ptr())
-            for name in OUTPUT_NAMES:
+            for name in self.output_names:
                 self._context.set_tensor_address(name, self._outputs_device[name].data_ptr())
             if not self._context.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError("TensorRT execution failed (see its log)")
-            for name in OUTPUT_NAMES:
+            for name in self.output_names:
                 self._outputs_host[name][:n].copy_(self._outputs_device[name][:n], non_blocking=True)
         self._stream.synchronize()
         # Copies: the pinned buffers are overwritten by the next batch of the same encode() call.
-        logits, desc = (self._outputs_host[name][:n].float().numpy().copy() for name in OUTPUT_NAMES)
+        return [self._outputs_host[name][:n].float().numpy().copy() for name in self.output_names]
+
+
+class TrtEncoder(Encoder):
+    backend = "tensorrt"
+
+    def __init__(self, config: EncoderConfig, model_config: ModelConfig, engine: bytes, trt: ModuleType) -> None:
+        super().__init__(config, model_config)
+        self._runner = TrtRunner(engine, trt, OUTPUT_NAMES, config.max_batch, self.input_hw)
+
+    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, desc = self._runner.run(batch)
         return logits, desc
 
 

@@ -27,9 +27,9 @@ from tqdm import tqdm
 from vpr_core.build_map import add_encoder_arguments, encoder_config
 from vpr_core.data import DataError, EvalDataset, FrameSource, get_reader, parse_spec
 from vpr_core.engine import BackendUnavailable, Encoder, ExportError, create_encoder
-from vpr_core.engine.model_source import load_model
 from vpr_core.model.local_branch import CONFIG_FILE as LOCAL_CONFIG_FILE
-from vpr_core.model.local_branch import LocalEncoder, load_local_branch
+from vpr_core.engine.local_engines import create_local_encoder
+from vpr_core.model.local_branch import LocalEncoder
 from vpr_core.eval.recall import DEFAULT_NS, RecallResult, evaluate_recall, to_jsonable, write_json
 from vpr_core.eval.report import save_examples
 from vpr_core.search import SearchConfig, SearchResult, TwoStageSearcher
@@ -122,7 +122,7 @@ def evaluate(
         "dataset": dataset.summary(),
         "encoder": {
             "fingerprint": encoder.fingerprint,
-            "backend": encoder.backend if local is None else "torch+local",  # LocalEncoder encoded everything
+            "backend": encoder.backend if local is None else f"{local.backend}+local",  # local encoded everything
             "bits": encoder.bits,
             "dim": encoder.dim,
             "config": dataclasses.asdict(encoder.config),
@@ -203,7 +203,7 @@ def encode_source_with_local(
     def flush() -> None:
         nonlocal seconds
         start = time.perf_counter()
-        out = encoder.encode(batch)
+        out = encoder.encode_local(batch) if isinstance(encoder, LocalEncoder) else encoder.encode(batch)
         seconds += time.perf_counter() - start
         codes.append(out[0])
         descs.append(out[1])
@@ -220,7 +220,8 @@ def encode_source_with_local(
         if batch:
             bar.update(len(batch))
             flush()
-    local = LocalFeatures(*(np.concatenate([part[i] for part in locals_]) for i in range(3))) if locals_ else None
+    local = LocalFeatures(*(np.concatenate([getattr(part, f) for part in locals_]) for f in ("desc", "rel", "pos"))) \
+        if locals_ else None
     return np.concatenate(codes), np.concatenate(descs), local, seconds
 
 
@@ -372,8 +373,7 @@ def open_local(args: argparse.Namespace) -> tuple[LocalEncoder | None, LocalRera
     values tuned on the validation slice and recorded in the checkpoint."""
     if args.local is None:
         return None, LocalRerankConfig()
-    model = load_model(encoder_config(args))
-    branch = load_local_branch(args.local, model)
+    local = create_local_encoder(encoder_config(args), args.local)
     tuned = json.loads((args.local / LOCAL_CONFIG_FILE).read_text()).get("extra", {}).get("rerank", {})
     margin = args.local_margin if args.local_margin is not None else tuned.get("margin", LocalRerankConfig.margin)
     weight = args.local_weight if args.local_weight is not None else tuned.get("local_weight",
@@ -381,7 +381,7 @@ def open_local(args: argparse.Namespace) -> tuple[LocalEncoder | None, LocalRera
     config = LocalRerankConfig(margin=float(margin), local_weight=float(weight),
                                max_candidates=args.local_max_candidates,
                                min_similarity=float(tuned.get("min_similarity", LocalRerankConfig.min_similarity)))
-    return LocalEncoder(model, branch), config
+    return local, config
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from vpr_core.mapdb.local_features import LocalFeatures
 from vpr_core.model.preprocess import preprocess
 from vpr_core.model.state import WeightsError, check_state_dict, read_state_dict, tensor_digest
 from vpr_core.model.vpr_model import VPRModel, pack_codes
@@ -140,11 +141,17 @@ def select_patches(desc: np.ndarray, rel: np.ndarray, grid: tuple[int, int], kee
 
 
 class LocalEncoder:
-    """Global codes and descriptors plus the kept local patches, from one backbone pass (torch).
+    """Global codes and descriptors plus the kept local patches, from one backbone pass.
 
-    The global outputs are the model's own (the torch reference of every backend); the local ones
-    come from the branch on the same feature map, so a map or a query costs one backbone run.
+    This class runs the torch model (the reference every backend is checked against); the ONNX
+    Runtime and TensorRT variants (vpr_core/engine/local_engines.py) replace ``_run`` only, so
+    preprocessing, batching, code packing and patch selection are the same for all of them. It also
+    honours the ``Encoder`` contract (``encode`` -> codes, descriptors), so the localizer can hold it
+    in place of a global-only encoder and still run the backbone once per frame.
     """
+
+    backend = "torch"
+    batch_dependent = False  # the local branch reads CNN feature maps, never an InteractHead
 
     def __init__(self, model: VPRModel, branch: LocalBranch, *, max_batch: int = 16) -> None:
         if model.backbone.kind != "cnn":
@@ -153,9 +160,12 @@ class LocalEncoder:
         check_branch_fits(branch, model)
         self.model = model.eval()
         self.branch = branch.eval()
+        self.model_config = model.config
         self.max_batch = max_batch
         self.fingerprint = model.fingerprint()
         self.local_fingerprint = branch_fingerprint(branch)
+        self.bits = int(model.config.bits)
+        self.dim = int(model.config.dim)
         self.grid: tuple[int, int] | None = None
 
     @property
@@ -164,25 +174,38 @@ class LocalEncoder:
             raise RuntimeError("the patch grid is known after the first encode")
         return self.branch.config.kept(self.grid[0] * self.grid[1])
 
-    @torch.inference_mode()
-    def encode(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...]]:
-        """(codes uint8 [N, bits/8], descriptors float32 [N, D], (local descriptors float16
-        [N, K, dim], reliability float16 [N, K], positions int16 [N, K, 2])) for RGB uint8 images."""
+    def encode(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The global outputs only (the ``Encoder`` contract)."""
+        codes, desc, _ = self.encode_local(images)
+        return codes, desc
+
+    def encode_local(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, LocalFeatures]:
+        """(codes uint8 [N, bits/8], descriptors float32 [N, D] unit, kept patches: descriptors
+        float16 [N, K, dim], reliability float16 [N, K], positions int16 [N, K, 2]) for RGB images."""
         codes, descs, local = [], [], []
         for start in range(0, len(images), self.max_batch):
             chunk = list(images[start:start + self.max_batch])
             same = all(im.shape == chunk[0].shape for im in chunk)
             x = preprocess(np.stack(chunk), self.model.config) if same else np.concatenate(
                 [preprocess(im[None], self.model.config) for im in chunk])
-            features = self.model.backbone_features(torch.from_numpy(x))
-            logits, desc = self.model.heads(features)
-            self.grid = (int(features.shape[2]), int(features.shape[3]))
-            ldesc, rel = self.branch(features)
+            logits, desc, ldesc, rel = self._run(np.ascontiguousarray(x))
             codes.append(pack_codes(logits))
-            descs.append(F.normalize(desc.float(), dim=-1).numpy())
-            local.append(select_patches(ldesc.float().numpy(), rel.float().numpy(), self.grid, self.keep))
+            desc = desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), np.finfo(np.float32).tiny)
+            descs.append(desc.astype(np.float32, copy=False))
+            local.append(select_patches(ldesc, rel, self.grid, self.keep))
         return (np.concatenate(codes), np.concatenate(descs),
-                tuple(np.concatenate([part[i] for part in local]) for i in range(3)))
+                LocalFeatures(*(np.concatenate([part[i] for part in local]) for i in range(3))))
+
+    @torch.inference_mode()
+    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(binary logits, descriptors, every patch's local descriptor, reliability) as float32
+        arrays for a preprocessed batch; sets ``grid``."""
+        device = next(self.branch.parameters()).device
+        features = self.model.backbone_features(torch.from_numpy(batch).to(device))
+        logits, desc = self.model.heads(features)
+        self.grid = (int(features.shape[2]), int(features.shape[3]))
+        ldesc, rel = self.branch(features)
+        return tuple(t.float().cpu().numpy() for t in (logits, desc, ldesc, rel))
 
 
 # ---- checkpoint ---------------------------------------------------------------------------------
