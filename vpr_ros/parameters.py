@@ -167,23 +167,18 @@ def _check_together(v: dict[str, Any]) -> None:
         if not (Path(v["map.path"]) / "manifest.json").is_file():
             raise ParameterError(f"parameter 'map.path' = '{v['map.path']}' is not a map database (no "
                                  "manifest.json there); build one with `vpr build-map`")
-    if v["model.checkpoint"]:
-        found = _find_checkpoint(v["model.checkpoint"])
-        if found is None:
-            raise ParameterError(f"parameter 'model.checkpoint' = '{v['model.checkpoint']}' does not exist in the "
-                                 "working directory, the package share or the source tree; give a checkpoint "
-                                 "directory written by `vpr train`, or '' for the preset's untrained heads")
-        v["model.checkpoint"] = str(found)
-    if v["model.local_branch"]:
-        found = _find_checkpoint(v["model.local_branch"])
-        if found is None:
-            raise ParameterError(f"parameter 'model.local_branch' = '{v['model.local_branch']}' does not exist in "
-                                 "the working directory, the package share or the source tree; give a directory "
-                                 "written by `vpr train-local`, or '' to search without it")
-        if v["mode"] == "slam":
-            raise ParameterError("parameter 'model.local_branch' is set but mode is 'slam', which has no prebuilt "
-                                 "map to re-rank in: set mode 'localization' or 'both', or model.local_branch ''")
-        v["model.local_branch"] = str(found)
+    for name, what in (("model.checkpoint", "a checkpoint directory written by `vpr train`, or '' for the "
+                                            "preset's untrained heads"),
+                       ("model.local_branch", "a directory written by `vpr train-local`, or '' to search without it")):
+        if v[name]:
+            found = _find_checkpoint(v[name])
+            if found is None:
+                raise ParameterError(f"parameter '{name}' = '{v[name]}' does not exist in the working directory, "
+                                     f"the package share or the source tree; give {what}")
+            v[name] = str(found)
+    if v["model.local_branch"] and v["mode"] == "slam":
+        raise ParameterError("parameter 'model.local_branch' is set but mode is 'slam', which has no prebuilt "
+                             "map to re-rank in: set mode 'localization' or 'both', or model.local_branch ''")
     if v["model.backbone_weights"] and not Path(v["model.backbone_weights"]).exists():
         raise ParameterError(f"parameter 'model.backbone_weights' = '{v['model.backbone_weights']}' does not "
                              "exist; download the backbone weights to a local path and point to it")
