@@ -21,7 +21,7 @@ from vpr_core.data.images import read_rgb
 from vpr_core.engine import EncoderConfig, create_encoder, ort_backend
 from vpr_core.engine.onnx_export import INPUT_NAME, OUTPUT_NAMES, description_path, export_onnx, stale_reason
 
-PRESETS = ("lite0", "vits14-test")
+PRESETS = ("lite0", "lite0-mix", "vits14-test")
 IMAGE_FILES = (
     "corridor/query/0000010.jpg", "corridor/ref/0000060.jpg",
     "nordland_tiny/summer/images-01000.png", "nordland_tiny/winter/images-20000.png",
@@ -140,6 +140,9 @@ def test_exported_graph_is_plain_onnx_with_dynamic_batch(encoders):
     assert description["inputs"][0]["shape"] == ["batch", 3, h, w]
     assert description["preprocessing"]["mean"] == list(reference.model_config.mean)
     assert description["check"]["min_descriptor_cosine"] >= 0.999
+    # Exporting must leave the shared model in inference mode (the exporter restores the training flag
+    # of what it is given; lite0-mix has dropout, so a model left training would change its output).
+    assert not any(module.training for module in reference.model.modules())
 
 
 def test_second_encoder_reuses_the_export_and_a_stale_one_is_refused(lite0_torch, lite0_ort, cache_dir, caplog):

@@ -50,7 +50,7 @@ def export_local_onnx(model: VPRModel, branch: LocalBranch, path: Path | str, op
     """Writes the fp32 graph with global and local outputs to ``path`` (atomically) and its JSON
     description beside it; a graph that does not compute the torch model raises ExportError."""
     path = Path(path)
-    net = _WithLocal(model.eval(), branch.eval())
+    net = _WithLocal(model.eval(), branch.eval()).eval()   # see export_onnx: the exporter restores this flag
     h, w = model.config.image_size
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():

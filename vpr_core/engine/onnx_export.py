@@ -103,7 +103,10 @@ def export_onnx(model: torch.nn.Module, path: Path | str, precision: str = "fp32
     model = model.eval()
     config: ModelConfig = model.config
     h, w = config.image_size
-    net = _Exported(half_copy(model) if precision == "fp16" else model, half=precision == "fp16")
+    # In eval mode, like the model: torch.onnx.export afterwards restores the training flag of the
+    # module it was given, recursively, so a wrapper left in training mode would switch the model's
+    # dropout on for everything that runs it next (the parity check below included).
+    net = _Exported(half_copy(model) if precision == "fp16" else model, half=precision == "fp16").eval()
     device = next(model.parameters()).device  # traced where the model lives (a GPU encoder's model)
     example = torch.zeros(3, 3, h, w, device=device)  # not 1: a traced size-1 batch could be folded into constants
     buffer = io.BytesIO()
