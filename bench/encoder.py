@@ -1,6 +1,6 @@
 """Encoder speed per backend: batch-1 latency (p50/p95) and images/s at batch 1, 4 and 16.
 
-Models: lite0 (real weights), ViT-S/14 @224 (the random-weight test preset) and ViT-B/14 @322
+Models: lite0 and lite0-mix (real backbone weights), ViT-S/14 @224 (the random-weight test preset) and ViT-B/14 @322
 (SelaVPR++-B layout with seeded random weights: speed does not depend on the weights). Backends:
 every one available here (torch and ONNX Runtime on the CPU; on a GPU also torch fp16 with and
 without CUDA graphs, ONNX Runtime CUDA and TensorRT). Timings are of ``Encoder.encode`` on real
@@ -37,6 +37,7 @@ from vpr_core.engine.model_source import load_model  # noqa: E402
 DATA = Path(os.environ.get("VPR_DATA", REPO.parent / "shared" / "data"))
 MODELS = {  # label -> (preset, backbone weights)
     "lite0": ("lite0", ""),
+    "lite0-mix": ("lite0-mix", ""),
     "vit-s14": ("vits14-test", ""),
     "vit-b14": ("selavpr++-b", "random"),
 }

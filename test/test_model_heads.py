@@ -1,19 +1,22 @@
 """Heads: frozen backbone gets no gradient while adapters do, STE, SelaVPR++ adapter semantics, SAGE
-recalibration and batch dependence, determinism, codes and preprocessing."""
+recalibration and batch dependence, feature mixing, determinism, codes and preprocessing."""
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from vpr_core.model import (InteractConfig, SoftPConfig, build_model, pack_codes, preset_config, sign_ste)
+from vpr_core.model import (InteractConfig, MixConfig, SoftPConfig, build_model, pack_codes, preset_config,
+                            sign_ste)
 from vpr_core.model.adapters import MulConvAdapter
-from vpr_core.model.aggregation import GeM
+from vpr_core.model.aggregation import GeM, GeMBranch, MixBranch
 from vpr_core.model.config import SideConfig
 from vpr_core.model.preprocess import preprocess
 
@@ -162,6 +165,52 @@ def test_sage_recalibration_runs_the_last_backbone_blocks():
         assert torch.allclose(tokens, model.backbone.final_tokens(x), atol=1e-5)
 
 
+def test_mixing_keeps_the_spatial_layout_that_gem_averages_away():
+    """The reason for the mix aggregation: two maps with the same features in other places are the
+    same to GeM and different to the mixer; and the mixer learns (every weight gets a gradient)."""
+    torch.manual_seed(0)
+    grid = torch.rand(2, 8, 10, 64)
+    moved = grid.flatten(1, 2)[:, torch.randperm(80)].reshape(2, 8, 10, 64)
+    gem, mix = GeMBranch(64, 64), MixBranch(64, (8, 10), 64, MixConfig(proj_dim=32, rows=4, dropout=0.0))
+    gem.reset_parameters()
+    mix.reset_parameters()
+    with torch.no_grad():
+        assert torch.allclose(gem(grid), gem(moved), atol=1e-5)
+        cosine = (mix(grid) * mix(moved)).sum(-1)
+    assert cosine.max() < 0.999
+    out = mix(grid)
+    assert out.shape == (2, 64) and torch.allclose(out.norm(dim=-1), torch.ones(2), atol=1e-5)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in mix.parameters())
+
+
+def test_lite0_mix_preset_mixes_both_branches_and_checks_its_rows():
+    config = preset_config("lite0-mix")
+    model = build_model(config)
+    assert isinstance(model.head.float_branch, MixBranch) and isinstance(model.head.hash_branch, MixBranch)
+    assert model.head.float_branch.row_proj.out_features == config.mix.rows
+    assert model.head.float_branch.channel_proj.out_features * config.mix.rows == config.dim
+    assert model.head.hash_branch.channel_proj.out_features * config.mix.rows == config.bits
+    with torch.no_grad():
+        logits, desc = model.heads(torch.rand(2, 1280, 8, 10))
+    assert logits.shape == (2, 512) and desc.shape == (2, 1280)
+    with pytest.raises(ValueError, match="must divide both dim 1280 and bits 512"):
+        dataclasses.replace(config, mix=MixConfig(rows=3))
+    with pytest.raises(ValueError, match="needs a mix section"):
+        dataclasses.replace(config, mix=None)
+    assert type(config).from_dict(config.to_dict()) == config
+
+
+def test_configs_without_a_mix_section_keep_the_fingerprint_they_had_before_it_existed():
+    """Checkpoints and maps written before the mix section was added must still load."""
+    config = preset_config("lite0")
+    before = {k: v for k, v in config.to_dict().items() if k != "mix"}
+    expected = hashlib.sha256(json.dumps(before, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert config.fingerprint() == expected
+    assert type(config).from_dict(before).fingerprint() == expected
+    assert preset_config("lite0-mix").fingerprint() != expected
+
+
 def test_two_builds_are_identical_and_the_seed_and_weights_change_the_fingerprint():
     vits, again = build_model("vits14-test"), build_model("vits14-test")
     first, second = vits.state_dict(), again.state_dict()
@@ -220,6 +269,9 @@ def test_preprocess_resizes_without_crop_and_normalises():
         assert out.dtype == np.float32 and out.shape == (len(images), 3, 240, 320) and out.flags.c_contiguous
         expected = cv2.resize(images[-1], (320, 240), interpolation=interpolation).astype(np.float32) / 255
         assert np.allclose(out[-1].transpose(1, 2, 0), (expected - mean) / std, atol=1e-5)
+        resized = cv2.resize(images[0], (320, 240), interpolation=interpolation).astype(np.float32)
+        per_pixel = (resized * np.float32(1 / 255) - mean) / std         # the formula the table replaces
+        assert np.array_equal(out[0].transpose(1, 2, 0), per_pixel)
     grey = np.full((1, 240, 320, 3), 200, np.uint8)
     assert np.allclose(preprocess(grey, config)[0, :, 0, 0], (200 / 255 - mean) / std, atol=1e-6)
     with pytest.raises(ValueError, match=r"pass images\[None\]"):

@@ -17,6 +17,7 @@ from vpr_core.train import (cosplace_groups, greedy_clique_batches, multi_simila
                             random_batches)
 from vpr_core.train.config import config_from_dict, load_train_config
 from vpr_core.train.losses import MSLossConfig
+from vpr_core.train.places import PlaceSet
 from vpr_core.train.sampling import SageConfig, affinity_graph
 
 NORDLAND = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nordland_tiny"
@@ -137,6 +138,40 @@ def test_cosplace_groups_on_synthetic_utm_and_headings():
         cosplace_groups(utm[:, :1], heading)
 
 
+def test_feature_augmentation_mirrors_whole_places_as_new_places_and_drops_elements():
+    from vpr_core.train.feature_augment import FeatureAugmentConfig, augment_features, mirror_offset
+
+    places = PlaceSet(image_place=np.array([0, 1, 2, 3, 0, 1, 2, 3]), positions=np.arange(4.0)[:, None],
+                      positive_radius=1, negative_radius=1)
+    features = torch.rand(8, 3, 2, 4)
+    row_place = places.image_place
+    positions = torch.from_numpy(places.positions[row_place])
+    offset = mirror_offset(places.positions, places.negative_radius)
+    out, moved = augment_features(features, positions, row_place, FeatureAugmentConfig(mirror=0.5),
+                                  np.random.default_rng(3), offset)
+    mirrored = moved[:, 0] != positions[:, 0]
+    assert 0 < mirrored.sum() < 8
+    for place in range(4):                                   # both images of a place, or neither
+        assert len(set(mirrored[row_place == place].tolist())) == 1
+    assert torch.equal(out[mirrored], features[mirrored].flip(-1))
+    assert torch.equal(out[~mirrored], features[~mirrored])
+    dist = torch.cdist(moved, moved)
+    assert (dist[mirrored][:, ~mirrored] > places.negative_radius).all()     # new places, never positives
+    assert torch.equal(dist[mirrored][:, mirrored], torch.cdist(positions, positions)[mirrored][:, mirrored])
+
+    dropped, same = augment_features(torch.ones(8, 16, 8, 10), positions, row_place,
+                                     FeatureAugmentConfig(dropout=0.25), np.random.default_rng(0), offset,
+                                     torch.Generator().manual_seed(0))
+    assert torch.equal(same, positions)
+    assert abs((dropped == 0).float().mean().item() - 0.25) < 0.01
+    assert torch.allclose(dropped[dropped != 0], torch.tensor(1 / 0.75))
+    with pytest.raises(ValueError, match="CNN feature maps"):
+        augment_features(torch.ones(8, 5, 16), positions, row_place, FeatureAugmentConfig(dropout=0.1),
+                         np.random.default_rng(0), offset)
+    with pytest.raises(ValueError, match="feature_augment.mirror must be in"):
+        config_from_dict({"feature_augment": {"mirror": 1.5}})
+
+
 def test_config_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="unknown key"):
         config_from_dict({"epochz": 3})
@@ -168,8 +203,9 @@ def tiny_nordland(tmp_path_factory):
 def tiny_config(tiny_nordland, tmp_path_factory):
     """Config values for the tiny set; the feature cache directory is shared by the tests below."""
     cache = tmp_path_factory.mktemp("cache")
-    return {"data": {"root": str(tiny_nordland), "val_fraction": 0.2}, "cache_dir": str(cache),
-            "places_per_batch": 4, "epochs": 1, "patience": 5, "sampler": "sage", "sage": {"top_k": 3}}
+    return {"preset": "lite0-mix", "data": {"root": str(tiny_nordland), "val_fraction": 0.2}, "cache_dir": str(cache),
+            "places_per_batch": 4, "epochs": 1, "patience": 5, "sampler": "sage", "sage": {"top_k": 3},
+            "feature_augment": {"mirror": 0.5, "dropout": 0.2}}
 
 
 def test_tiny_training_run_writes_log_curves_checkpoint_and_resumes(tiny_config, tmp_path):

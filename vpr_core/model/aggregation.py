@@ -1,7 +1,8 @@
-"""Aggregation of a patch grid into one descriptor: SelaVPR++'s GeM branch and SAGE's SoftP.
+"""Aggregation of a patch grid into one descriptor: SelaVPR++'s GeM branch, SAGE's SoftP, and
+MixVPR's feature mixing.
 
-Both compute what the released code computes, operation for operation (including the order of
-normalisations), so released weights give the released descriptors.
+GeM and SoftP compute what the released code computes, operation for operation (including the order
+of normalisations), so released weights give the released descriptors.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vpr_core.model.config import SoftPConfig
+from vpr_core.model.config import MixConfig, SoftPConfig
 
 
 class GeM(nn.Module):
@@ -60,6 +61,47 @@ class GeMBranch(nn.Module):
         z = self.proj(grid).permute(0, 3, 1, 2)
         z = self.gem(F.normalize(z, p=2, dim=1))
         return F.normalize(self.fc(z), p=2, dim=-1)
+
+
+class MixBranch(nn.Module):
+    """proj (per-location linear) -> ``depth`` residual MLPs across locations -> channel and row
+    reductions -> flatten -> L2 (MixVPR's Feature-Mixer, after a projection that stands in for the
+    side network as in ``GeMBranch``).
+
+    Each mixer sees one channel's whole grid, so the descriptor keeps where things are in the image;
+    its LayerNorm normalises over the locations, as in MixVPR. Output: rows x (out / rows) values.
+    """
+
+    def __init__(self, in_dim: int, grid: tuple[int, int], out_dim: int, cfg: MixConfig) -> None:
+        super().__init__()
+        if out_dim % cfg.rows:
+            raise ValueError(f"mix rows {cfg.rows} must divide the branch output {out_dim}")
+        locations = int(grid[0]) * int(grid[1])
+        hidden = max(1, round(cfg.mlp_ratio * locations))
+        self.proj = nn.Linear(in_dim, cfg.proj_dim)
+        self.mixers = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(locations), nn.Linear(locations, hidden), nn.ReLU(),
+                          nn.Linear(hidden, locations))
+            for _ in range(cfg.depth))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.channel_proj = nn.Linear(cfg.proj_dim, out_dim // cfg.rows)
+        self.row_proj = nn.Linear(locations, cfg.rows)
+
+    def reset_parameters(self) -> None:
+        """MixVPR's initialisation: truncated-normal weights (std 0.02), zero biases."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, grid: torch.Tensor) -> torch.Tensor:
+        """[N, h, w, C] -> [N, out] unit vectors."""
+        x = self.proj(grid.flatten(1, 2)).transpose(1, 2)     # [N, proj_dim, h*w]
+        for mixer in self.mixers:
+            x = x + self.dropout(mixer(x))
+        x = self.channel_proj(x.transpose(1, 2))               # [N, h*w, out/rows]
+        x = self.row_proj(x.transpose(1, 2))                   # [N, out/rows, rows]
+        return F.normalize(x.flatten(1), p=2, dim=-1)
 
 
 class DPN(nn.Module):

@@ -24,7 +24,9 @@ TF_LITE_MEAN = (127.0 / 255.0,) * 3
 TF_LITE_STD = (128.0 / 255.0,) * 3
 
 HEAD_TYPES = ("selavpr", "sage", "cnn")
-AGGREGATIONS = ("gem", "softp")
+# Config sections newer than the first checkpoints; see ModelConfig.fingerprint.
+LATER_SECTIONS = ("mix",)
+AGGREGATIONS = ("gem", "softp", "mix")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,25 @@ class SoftPConfig:
 
 
 @dataclass(frozen=True)
+class MixConfig:
+    """Feature mixing (MixVPR, Ali-bey et al., WACV 2023) in place of GeM, for both branches.
+
+    GeM averages the spatial layout away; where the camera sees a place from (nearly) the same
+    viewpoint, as a train on its track, that layout is most of what survives a change of season.
+    Each branch projects every location to ``proj_dim`` channels, mixes across the flattened grid
+    with ``depth`` residual MLPs (hidden width ``mlp_ratio`` x locations, ``dropout`` while
+    training), then reduces channels to out/``rows`` and locations to ``rows``: the float branch
+    gives ``dim`` values, the hash branch ``bits``.
+    """
+
+    proj_dim: int = 256
+    depth: int = 4
+    mlp_ratio: float = 1.0
+    rows: int = 8
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
 class InteractConfig:
     """SAGE's InteractHead: a transformer encoder whose attention runs across the images of a batch."""
 
@@ -90,9 +111,10 @@ class ModelConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     head: str                                  # "selavpr" | "sage" | "cnn"
-    aggregation: str = "gem"                   # float branch: "gem" | "softp"
+    aggregation: str = "gem"                   # "gem" | "softp" (float branch) | "mix" (both branches)
     side: SideConfig | None = None             # SelaVPR++ adapters (ViT backbones)
     softp: SoftPConfig | None = None
+    mix: MixConfig | None = None
     recalib_blocks: int = 0                    # SAGE: last blocks followed by a dynamic power norm
     interact: InteractConfig | None = None
     cnn_tap: str | None = None                 # CNN backbones: which feature map the heads read
@@ -130,6 +152,14 @@ class ModelConfig:
                 raise bad("aggregation 'softp' needs a softp section")
             if self.dim != self.softp.dim:
                 raise bad(f"dim {self.dim} differs from the SoftP output {self.softp.dim}")
+        if self.aggregation == "mix":
+            if self.mix is None:
+                raise bad("aggregation 'mix' needs a mix section")
+            m = self.mix
+            if min(m.proj_dim, m.depth, m.rows) < 1 or m.mlp_ratio <= 0 or not 0.0 <= m.dropout < 1.0:
+                raise bad(f"mix needs proj_dim, depth, rows >= 1, mlp_ratio > 0 and dropout in [0, 1); got {m}")
+            if self.dim % m.rows or self.bits % m.rows:
+                raise bad(f"mix.rows {m.rows} must divide both dim {self.dim} and bits {self.bits}")
         if self.head == "selavpr" and self.side is None:
             raise bad("head 'selavpr' needs a side section (the adapter layout)")
         if self.head == "cnn" and not self.cnn_tap:
@@ -158,7 +188,8 @@ class ModelConfig:
         if missing:
             raise ValueError(f"model config lacks field(s) {missing}")
         values = dict(data)
-        for key, sub in (("side", SideConfig), ("softp", SoftPConfig), ("interact", InteractConfig)):
+        for key, sub in (("side", SideConfig), ("softp", SoftPConfig), ("mix", MixConfig),
+                         ("interact", InteractConfig)):
             if values.get(key) is not None:
                 values[key] = _sub_from_dict(sub, values[key], key)
         try:
@@ -171,8 +202,16 @@ class ModelConfig:
         return config
 
     def fingerprint(self) -> str:
-        """sha256 of every field, weights digest included: equal iff descriptors are interchangeable."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """sha256 of every field, weights digest included: equal iff descriptors are interchangeable.
+
+        Sections added to the config later (``mix``) are left out while unset, so that checkpoints
+        and maps written before they existed keep their fingerprints and still load.
+        """
+        fields = self.to_dict()
+        for key in LATER_SECTIONS:
+            if fields[key] is None:
+                del fields[key]
+        canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -209,6 +248,11 @@ def _presets() -> dict[str, ModelConfig]:
         "lite0": ModelConfig(
             preset="lite0", backbone="efficientnet_lite0", image_size=(240, 320), bits=512, dim=1280,
             mean=TF_LITE_MEAN, std=TF_LITE_STD, head="cnn", cnn_tap="head"),
+        # Lite0 with feature-mixing branches: the shipped model (checkpoints/lite0-nordland). Same
+        # backbone map as lite0, so both read the same cached features.
+        "lite0-mix": ModelConfig(
+            preset="lite0-mix", backbone="efficientnet_lite0", image_size=(240, 320), bits=512, dim=1280,
+            mean=TF_LITE_MEAN, std=TF_LITE_STD, head="cnn", cnn_tap="head", aggregation="mix", mix=MixConfig()),
         # Small random-weight ViT-S/14 with the SelaVPR++ head: for tests and benchmarks only.
         "vits14-test": ModelConfig(
             preset="vits14-test", backbone="dinov2_vits14", image_size=(224, 224), bits=512, dim=1024,

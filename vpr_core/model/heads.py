@@ -8,6 +8,7 @@ depends on the head type:
   sage    - the last ``recalib_blocks`` frozen blocks each followed by a dynamic power norm, then a
             trainable copy of the final norm; SoftP or GeM for the float branch;
   cnn     - the CNN feature map directly (each branch's 1x1 projection stands in for the side network).
+The branches aggregate with GeM, or (float branch only) SoftP, or (both branches) feature mixing.
 An optional InteractHead (SAGE) mixes descriptors across the batch, which makes them batch dependent.
 """
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vpr_core.model.adapters import SideNetwork
-from vpr_core.model.aggregation import DPN, GeMBranch, SoftP
+from vpr_core.model.aggregation import DPN, GeMBranch, MixBranch, SoftP
 from vpr_core.model.config import InteractConfig, ModelConfig
 
 
@@ -95,9 +96,14 @@ class VPRHead(nn.Module):
             if backbone.kind != "vit":
                 raise ValueError(f"model config {config.preset!r}: SoftP needs a ViT (it reads the class token)")
             self.float_branch = SoftP(width, config.softp)
+        elif config.aggregation == "mix":
+            self.float_branch = MixBranch(width, backbone.grid, config.dim, config.mix)
         else:
             self.float_branch = GeMBranch(width, config.dim)
-        self.hash_branch = GeMBranch(width, config.bits)
+        # Mixing replaces GeM in the hash branch too: Hamming candidates from a layout-blind code
+        # would miss the places the layout-aware float descriptor could re-rank.
+        self.hash_branch = (MixBranch(width, backbone.grid, config.bits, config.mix) if config.aggregation == "mix"
+                            else GeMBranch(width, config.bits))
         if config.interact is not None:
             self.interact = InteractHead(config.interact)
 
@@ -107,7 +113,7 @@ class VPRHead(nn.Module):
             if side is not None:
                 side.reset_parameters()
         for branch in (self.float_branch, self.hash_branch):
-            if isinstance(branch, GeMBranch):
+            if isinstance(branch, (GeMBranch, MixBranch)):
                 branch.reset_parameters()
         if self.norm is not None:
             self.norm.load_state_dict(backbone.norm.state_dict())

@@ -38,7 +38,7 @@ class VPRModel(nn.Module):
 
     def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(binary logits [N, bits] before sign, descriptor [N, D] L2-normalised)."""
-        dtype = self.head.hash_branch.fc.weight.dtype
+        dtype = self.head.hash_branch.proj.weight.dtype
         if features.is_floating_point() and features.dtype != dtype:
             features = features.to(dtype)   # cached float16 features fed to float32 heads
         return self.head(features, self.backbone)

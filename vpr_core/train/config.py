@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from vpr_core.train.feature_augment import FeatureAugmentConfig
 from vpr_core.train.feature_cache import AugmentConfig
 from vpr_core.train.losses import MSLossConfig
 from vpr_core.train.sampling import SageConfig
@@ -52,7 +53,8 @@ class TrainConfig:
     threads: int = 2
     data: DataConfig = field(default_factory=DataConfig)
     cache_dir: str = ".cache/features"
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)              # image views, before caching
+    feature_augment: FeatureAugmentConfig = field(default_factory=FeatureAugmentConfig)   # on cached features
     sampler: str = "sage"
     sage: SageConfig = field(default_factory=SageConfig)
     places_per_batch: int = 32
@@ -90,7 +92,8 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    nested = {"data": DataConfig, "augment": AugmentConfig, "sage": SageConfig, "loss": MSLossConfig}
+    nested = {"data": DataConfig, "augment": AugmentConfig, "feature_augment": FeatureAugmentConfig,
+              "sage": SageConfig, "loss": MSLossConfig}
     kwargs = {k: _build(nested[k], v, f"{where}.{k}") if k in nested and cls is TrainConfig else v
               for k, v in values.items()}
     try:

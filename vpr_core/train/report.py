@@ -1,6 +1,7 @@
 """Recall@1/5/10 on the held-out test section from cached features, for the three configurations the
 training issue asks about:
-  (i)   frozen backbone + GeM with untrained heads (float descriptor of the seeded initial heads),
+  (i)   frozen backbone + GeM with untrained heads (float descriptor of the seeded initial heads of
+        ``--baseline``, a GeM preset on the same backbone: ``lite0`` for the Lite0 models),
   (ii)  trained float branch (exhaustive cosine),
   (iii) trained binary codes (Hamming top-k) re-ranked by the float descriptor (TwoStageSearcher).
 
@@ -43,10 +44,24 @@ def test_recall(model: VPRModel, cfg: TrainConfig, split: str) -> dict[str, dict
     return {"float": recall_at_n(float_ids, positives, NS), "binary+rerank": recall_at_n(two_stage_ids, positives, NS)}
 
 
+def baseline_model(preset: str, trained: VPRModel) -> VPRModel:
+    """The untrained GeM heads of ``preset``, refused unless they read the trained model's features."""
+    baseline = build_model(preset)
+    for name in ("backbone", "image_size", "mean", "std", "cnn_tap"):
+        if getattr(baseline.config, name) != getattr(trained.config, name):
+            raise ValueError(f"--baseline {preset} has {name} {getattr(baseline.config, name)}, the checkpoint "
+                             f"{getattr(trained.config, name)}: row (i) must read the same backbone features")
+    if baseline.config.aggregation != "gem":
+        raise ValueError(f"--baseline {preset} aggregates with {baseline.config.aggregation}; row (i) is GeM")
+    return baseline
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="training config (YAML/JSON) naming data and cache")
     parser.add_argument("--checkpoint", required=True, help="trained heads (directory written by vpr train)")
     parser.add_argument("--split", default=None, help="section to report on (default: the config's test_split)")
+    parser.add_argument("--baseline", default="lite0", help="GeM preset whose untrained heads give row (i); "
+                        "same backbone and input size as the trained model (default: lite0)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
 
 
@@ -55,8 +70,14 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(cfg.threads)
     split = args.split or cfg.data.test_split
     t0 = time.perf_counter()
-    untrained = test_recall(build_model(cfg.preset), cfg, split)
-    trained = test_recall(load_checkpoint(args.checkpoint), cfg, split)
+    try:
+        trained_model = load_checkpoint(args.checkpoint)
+        baseline = baseline_model(args.baseline, trained_model)
+    except (OSError, ValueError) as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 2
+    untrained = test_recall(baseline, cfg, split)
+    trained = test_recall(trained_model, cfg, split)
     rows = {"(i) frozen backbone GeM, untrained heads": untrained["float"],
             "(ii) trained float branch": trained["float"],
             "(iii) trained binary + re-rank": trained["binary+rerank"],

@@ -27,6 +27,7 @@ from vpr_core.eval.recall import recall_at_n
 from vpr_core.model import VPRModel, build_model, load_checkpoint, save_checkpoint
 from vpr_core.model.checkpoint import CONFIG_FILE, HEADS_FILE
 from vpr_core.train.config import TrainConfig
+from vpr_core.train.feature_augment import augment_features, mirror_offset
 from vpr_core.train.feature_cache import FeatureCache, build_feature_cache
 from vpr_core.train.losses import code_similarity, multi_similarity_loss, quantization_loss
 from vpr_core.train.places import PlaceSet, nordland_places
@@ -178,6 +179,7 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         log.info("resumed after epoch %d (best R@1 %.3f at epoch %d)", start_epoch - 1, best_r1, best_epoch)
     images_of = train_data.places.images_of()
     views = train_data.cache.views
+    offset = mirror_offset(train_data.places.positions, train_data.places.negative_radius)
     model.train()
     for epoch in range(start_epoch, cfg.epochs + 1):
         rng = np.random.default_rng([cfg.seed, epoch])   # per epoch, so a resumed run draws what an unbroken one does
@@ -188,7 +190,11 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
         for batch in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs} ({cfg.sampler})", unit="batch"):
             rows = np.concatenate([images_of[p] for p in batch])
             feats = train_data.cache.batch(train_data.rows[rows], rng.integers(0, views, len(rows)))
-            positions = torch.from_numpy(train_data.places.positions[train_data.places.image_place[rows]])
+            row_place = train_data.places.image_place[rows]
+            positions = torch.from_numpy(train_data.places.positions[row_place])
+            if cfg.feature_augment.active:
+                feats, positions = augment_features(feats, positions, row_place, cfg.feature_augment, rng,
+                                                    offset, generator)
             terms = train_step(model, feats, positions, train_data.places, cfg, optimizer, generator)
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
