@@ -145,6 +145,17 @@ class Localizer:
             path, fingerprint=self.encoder.fingerprint, encoder_config=self.encoder.model_config.to_dict(),
             bits=self.encoder.bits, dim=self.encoder.dim, frame_id="odom")
 
+    def warm_up(self) -> None:
+        """Encodes one blank frame, so that the first camera frame does not pay for the backend's
+        lazy start-up (memory planning, kernel selection; hundreds of ms with torch) and make the
+        node drop the frames that arrive meanwhile."""
+        h, w = self.encoder.input_hw
+        blank = [np.zeros((h, w, 3), dtype=np.uint8)]
+        if self.local:
+            self.encoder.encode_local(blank)
+        else:
+            self.encoder.encode(blank)
+
     def process(self, frames: Sequence[Frame]) -> list[FrameResult]:
         """Encodes the frames as one batch and localizes each of them."""
         if not frames:

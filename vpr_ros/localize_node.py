@@ -18,7 +18,7 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from nav_msgs.msg import Odometry
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
@@ -64,6 +64,7 @@ class LocalizerNode(Node):
             self.localizer = Localizer(localizer_config(self.params))
         except (ValueError, FileNotFoundError, OSError) as exc:
             raise ParameterError(f"the model or map could not be loaded: {exc}") from exc
+        self.localizer.warm_up()   # before subscribing: the first frame is answered at full speed
         self.get_logger().info(
             "parameters: " + ", ".join(f"{k}={v!r}" for k, v in self.params.items()))
 
@@ -237,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.logging.get_logger("vpr_localizer").error(f"not started: {exc}")
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=2)
+    # One executor thread: callbacks never block (the model runs in the worker), and rclpy's
+    # multi-threaded executor spends enough time in Python per wake-up to starve the worker of the
+    # GIL: with a 190 Hz camera the node processed 9.8 frames/s with it and 71.8 with this one.
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     try:
         executor.spin()
