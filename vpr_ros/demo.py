@@ -72,7 +72,9 @@ def map_dir(args: argparse.Namespace, out: Path) -> Path:
     return out / f"map-{model_name(args)}"
 
 
-def listen(node_proc, player_proc, expected: int, on_match, timeout: float) -> None:
+def listen(node_proc, start_player, expected: int, on_match, timeout: float) -> None:
+    """Subscribes to the node's matches, starts the player once the node publishes to us (so no
+    answer is sent before we listen, and the node has loaded its model and map), then collects."""
     import rclpy
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -82,9 +84,14 @@ def listen(node_proc, player_proc, expected: int, on_match, timeout: float) -> N
     rclpy.init()
     try:
         node = Node("vpr_demo_listener")
-        node.create_subscription(PlaceMatchArray, MATCHES_TOPIC, on_match,
-                                 QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        subscription = node.create_subscription(PlaceMatchArray, MATCHES_TOPIC, on_match,
+                                                QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
         deadline = time.monotonic() + timeout
+        while subscription.get_publisher_count() == 0:
+            if node_proc.poll() is not None or time.monotonic() > deadline:
+                return
+            rclpy.spin_once(node, timeout_sec=0.1)
+        player_proc = start_player()
         player_done = None
         while time.monotonic() < deadline and node_proc.poll() is None:
             rclpy.spin_once(node, timeout_sec=0.05)
@@ -94,6 +101,7 @@ def listen(node_proc, player_proc, expected: int, on_match, timeout: float) -> N
                 player_done = player_done or time.monotonic()
                 if time.monotonic() - player_done > 10:  # the last frames had their chance
                     break
+        player_proc.wait(timeout=60)
     finally:
         rclpy.try_shutdown()
 
@@ -148,15 +156,17 @@ def main(argv: list[str] | None = None) -> int:
          "-p", f"model.checkpoint:={args.checkpoint!r}",
          "-p", f"model.backend:={args.backend}", "-p", "qos:=reliable"], env=env)
     printer = MatchPrinter(dataset, picked, stamps)
+
+    def start_player() -> subprocess.Popen:
+        print(f"[demo] node ready; replaying {len(picked)} query frames at {args.rate} Hz through the bag player")
+        # The bag's stamps are already at --rate Hz, so it is played at its own speed (factor 1).
+        return subprocess.Popen([sys.executable, "-m", "vpr_ros.bag_player", str(bag), "--rate", "1",
+                                 "--reliable", "--wait-for-subscribers", "120"], env=env)
+
     try:
-        time.sleep(1.0)
+        listen(node, start_player, len(picked), printer, timeout=180 + 3 * len(picked) / args.rate)
         if node.poll() is not None:
             return node.returncode or 1
-        print(f"[demo] node started; replaying {len(picked)} query frames at {args.rate} Hz through the bag player")
-        player = subprocess.Popen([sys.executable, "-m", "vpr_ros.bag_player", str(bag), "--rate", str(args.rate),
-                                   "--reliable", "--wait-for-subscribers", "120"], env=env)
-        listen(node, player, len(picked), printer, timeout=180 + 3 * len(picked) / args.rate)
-        player.wait(timeout=60)
     finally:
         node.terminate()
         node.wait(timeout=30)
