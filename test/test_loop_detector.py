@@ -332,3 +332,43 @@ def test_bad_geometry_settings_are_refused_when_geometry_is_on():
         LoopConfig(geometric="orb", min_inliers=2)
     with pytest.raises(ValueError, match="intrinsics"):
         LoopConfig(geometric="sift", intrinsics=(1.0, -1.0, 0.0, 0.0))
+
+
+def test_low_contrast_keyframes_neither_query_nor_get_found():
+    """A dark frame matches every other dark frame: it must not close a loop, in either role."""
+    detector = LoopDetector(config(min_contrast=0.03))
+    stream = Stream()
+    dark, textured = stream.new_place(), stream.new_place()
+    feed_new_places(detector, stream, 3)
+    old_dark = stream.next_id
+    assert detector.update(stream.keyframe(dark, contrast=0.012)) is None
+    old_textured = stream.next_id
+    assert detector.update(stream.keyframe(textured, contrast=0.2)) is None
+    # A dark query is rejected before any search, although its twin is in the map.
+    assert detector.update(stream.keyframe(dark, contrast=0.015)) is None
+    assert detector.last_record.rejected_by == "contrast" and detector.last_record.best_id is None
+    # A textured query whose best match would be the dark keyframe never gets it (only weak,
+    # unrelated places are left, which the score gate rejects).
+    assert detector.update(stream.keyframe(dark, contrast=0.2)) is None
+    assert detector.last_record.best_id not in (None, old_dark) and detector.last_record.rejected_by == "score"
+    # Unknown contrast (None) and textured keyframes still close loops.
+    found = detector.update(stream.keyframe(textured))
+    assert found is not None and found.match_id == old_textured
+    with pytest.raises(ValueError, match="contrast must be in"):
+        detector.update(stream.keyframe(textured, contrast=3.0))
+    assert "contrast" == GATES[0]
+    with pytest.raises(ValueError, match="min_contrast"):
+        LoopConfig(min_contrast=-0.1)
+
+
+def test_image_contrast_separates_tunnel_frames_from_textured_ones():
+    from vpr_core.data.images import read_rgb
+    from vpr_core.loop import image_contrast
+
+    nordland = DATA.parent / "nordland_tiny" / "winter"
+    tunnel = image_contrast(read_rgb(nordland / "images-25020.png"))   # a black tunnel frame (dev section)
+    textured = [image_contrast(read_rgb(DATA / "images" / f"{i:04d}.jpg")) for i in (0, 40, 83)]
+    assert tunnel < 0.03 < min(textured)
+    assert image_contrast(np.full((8, 8, 3), 77, np.uint8)) == 0.0
+    with pytest.raises(ValueError, match="RGB uint8"):
+        image_contrast(np.zeros((8, 8), np.float32))

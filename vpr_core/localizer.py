@@ -19,7 +19,7 @@ from vpr_core.data.frame import Frame
 from vpr_core.engine import Encoder, EncoderConfig, create_encoder
 from vpr_core.engine.local_engines import create_local_encoder
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
-from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector
+from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector, image_contrast
 from vpr_core.mapdb import MapDB, PlaceRecord
 from vpr_core.mapdb.local_features import LocalFeatures
 from vpr_core.model.local_branch import LocalEncoder
@@ -37,6 +37,9 @@ class LocalizationConfig:
     # `distinct_places` from it) by this much: two places that look alike are not a localization.
     min_margin: float = 0.02
     distinct_places: int = 5
+    # A frame showing next to nothing (RMS contrast below this, vpr_core.loop.contrast) is never an
+    # accepted localization: it matches every other dark or blank frame with a high score.
+    min_contrast: float = 0.03
 
 
 @dataclass
@@ -86,6 +89,7 @@ class FrameResult:
     encode_ms: float = 0.0
     search_ms: float = 0.0
     local_pool: int = 0  # candidates the local stage re-ranked (0: stage off or skipped)
+    contrast: float | None = None  # RMS contrast of the frame (vpr_core.loop.contrast)
 
 
 class Localizer:
@@ -171,7 +175,8 @@ class Localizer:
         if not np.isfinite(desc).all():
             raise ValueError("the encoder produced NaN or infinite descriptors; the model or its "
                              "weights are broken")
-        results = [FrameResult(frame=f, matches=[], accepted=False, encode_ms=encode_ms) for f in frames]
+        results = [FrameResult(frame=f, matches=[], accepted=False, encode_ms=encode_ms,
+                               contrast=image_contrast(f.rgb)) for f in frames]
         if self.searcher is not None:
             start = time.perf_counter()
             self._localize(results, codes, desc, local)
@@ -211,7 +216,7 @@ class Localizer:
             records = self.map.records(ids[: cfg.top_k])
             r.matches = [Match(int(i), float(s), int(h), rec)
                          for i, s, h, rec in zip(ids, scores, hamming, records)]
-            r.accepted = bool(len(ids)) and _accepted(ids, scores, cfg)
+            r.accepted = bool(len(ids)) and r.contrast >= cfg.min_contrast and _accepted(ids, scores, cfg)
 
     def _slam_step(self, r: FrameResult, code: np.ndarray, desc: np.ndarray) -> None:
         stamp = (r.frame.stamp_ns or 0) * 1e-9
@@ -224,7 +229,7 @@ class Localizer:
         r.keyframe_id = int(kf_id)
         r.loop = self.loop_detector.update(Keyframe(
             id=int(kf_id), stamp=stamp, desc=desc, code=code, pose=r.frame.pose,
-            image=r.frame.rgb if self.config.loop.geometric != "none" else None))
+            image=r.frame.rgb if self.config.loop.geometric != "none" else None, contrast=r.contrast))
 
 
 def _accepted(ids: np.ndarray, scores: np.ndarray, cfg: LocalizationConfig) -> bool:

@@ -34,7 +34,7 @@ from vpr_core.data import DataError, FrameSource, get_reader
 from vpr_core.engine import BackendUnavailable, Encoder, create_encoder
 from vpr_core.eval.evaluate import encode_source, open_eval_dataset
 from vpr_core.eval.recall import to_jsonable, write_json
-from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector
+from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector, image_contrast
 from vpr_core.search import SearchConfig, SearchResult, TwoStageSearcher
 from vpr_core.cli import run_module
 
@@ -180,12 +180,15 @@ def detect_loops(
     config: LoopConfig,
     rate_hz: float = 1.0,
     replay: SearchReplay | None = None,
+    contrast: np.ndarray | None = None,
 ) -> tuple[list[LoopCandidate], LoopDetector]:
-    """Feed the encoded sequence to a fresh detector; keyframe i has id i and stamp i / rate_hz."""
+    """Feed the encoded sequence to a fresh detector; keyframe i has id i and stamp i / rate_hz
+    (and image contrast ``contrast[i]`` when given)."""
     detector = LoopDetector(config, searcher_factory=replay)
     found = []
     for i in range(len(codes)):
-        candidate = detector.update(Keyframe(id=i, stamp=i / rate_hz, desc=desc[i], code=codes[i]))
+        candidate = detector.update(Keyframe(id=i, stamp=i / rate_hz, desc=desc[i], code=codes[i],
+                                             contrast=None if contrast is None else float(contrast[i])))
         if candidate is not None:
             found.append(candidate)
     if replay is not None:
@@ -219,6 +222,7 @@ def pr_curve(
     rate_hz: float = 1.0,
     label: str = "",
     replay: SearchReplay | None = None,
+    contrast: np.ndarray | None = None,
 ) -> list[OperatingPoint]:
     """One operating point per ``min_score`` threshold, all other settings from ``config``."""
     loop_frames = sum(1 for t in truth if t.size)
@@ -226,7 +230,7 @@ def pr_curve(
     points = []
     for threshold in tqdm(thresholds, desc=f"sweep {label}".strip(), unit="threshold", leave=False):
         cfg = dataclasses.replace(config, min_score=float(threshold))
-        found, _ = detect_loops(codes, desc, cfg, rate_hz, replay)
+        found, _ = detect_loops(codes, desc, cfg, rate_hz, replay, contrast)
         tp, fp = judge(found, truth)
         points.append(OperatingPoint(float(threshold), tp, fp, loop_frames))
     return points
@@ -263,6 +267,15 @@ def encode_sequence(sequence: LoopSequence, encoder: Encoder) -> tuple[np.ndarra
     return codes, desc
 
 
+def sequence_contrast(sequence: LoopSequence) -> np.ndarray:
+    """The image contrast of every frame, in order: a second pass over the images, so that
+    ``encode_source`` stays the one encoding loop of every evaluation."""
+    values = [image_contrast(frame.rgb) for part in sequence.parts for frame in part]
+    if len(values) != len(sequence):
+        raise DataError(f"{sequence.name}: read {len(values)} frames, the ground truth covers {len(sequence)}")
+    return np.asarray(values, dtype=np.float64)
+
+
 def describe_encoder(encoder: Encoder) -> dict[str, Any]:
     return {"model": encoder.config.model_name, "fingerprint": encoder.fingerprint,
             "backend": encoder.backend, "bits": encoder.bits, "dim": encoder.dim}
@@ -280,7 +293,7 @@ def evaluate_loops(
     """Encode the sequence and evaluate its loop closures (see ``evaluate_encoded``)."""
     codes, desc = encode_sequence(sequence, encoder)
     return evaluate_encoded(sequence, codes, desc, config, describe_encoder(encoder),
-                            out_dir=out_dir, steps=steps, rate_hz=rate_hz)
+                            out_dir=out_dir, steps=steps, rate_hz=rate_hz, contrast=sequence_contrast(sequence))
 
 
 def evaluate_encoded(
@@ -293,6 +306,7 @@ def evaluate_encoded(
     out_dir: Path | None = None,
     steps: int = 100,
     rate_hz: float = 1.0,
+    contrast: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Sweep the score threshold with temporal consistency as configured and with it off (k = 1),
     and write the curves (CSV + PNG) and the summary (JSON) to ``out_dir``."""
@@ -305,11 +319,11 @@ def evaluate_encoded(
     # also records the searches that every run of the sweep replays.
     replay = SearchReplay()
     probe_config = dataclasses.replace(config, min_score=-1.0, max_records=len(codes))
-    _, probe = detect_loops(codes, desc, probe_config, rate_hz, replay)
+    _, probe = detect_loops(codes, desc, probe_config, rate_hz, replay, contrast)
     best_scores = np.array([np.nan if r.best_score is None else r.best_score for r in probe.records])
     thresholds = sweep_thresholds(best_scores, steps, keep=[config.min_score])
     curves = {
-        name: pr_curve(codes, desc, sequence.truth, cfg, thresholds, rate_hz, name, replay)
+        name: pr_curve(codes, desc, sequence.truth, cfg, thresholds, rate_hz, name, replay, contrast)
         for name, cfg in variants.items()
     }
     results = {
@@ -404,11 +418,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_encoder_arguments(parser)
     loop = parser.add_argument_group("loop detector (defaults: LoopConfig)")
     defaults = LoopConfig()
-    for name in ("min_score", "ratio_max", "exclude_recent_frames", "exclude_recent_seconds", "neighbourhood",
-                 "consistency_k", "consistency_n", "consistency_window", "nms_radius", "min_interval_s"):
+    for name in ("min_score", "ratio_max", "min_contrast", "exclude_recent_frames", "exclude_recent_seconds",
+                 "neighbourhood", "consistency_k", "consistency_n", "consistency_window", "nms_radius",
+                 "min_interval_s"):
         value = getattr(defaults, name)
+        note = "; also the threshold the summary reports at" if name == "min_score" else ""
         loop.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
-                          help=f"LoopConfig.{name} (default {value}); min_score is the default threshold")
+                          help=f"LoopConfig.{name} (default {value}){note}")
     parser.add_argument("--rate-hz", type=float, default=1.0, help="frame rate that gives frames their stamps")
     parser.add_argument("--steps", type=int, default=100, help="most thresholds in the sweep")
     parser.add_argument("--out", type=Path, help="output folder (default: out/eval_loops/<sequence name>)")

@@ -1,6 +1,8 @@
 """Loop-closure detection over a stream of keyframes (see ``detector``), with optional two-view
-geometric verification (see ``geometry``, also usable on its own)."""
+geometric verification (see ``geometry``, also usable on its own) and the image contrast that keeps
+frames showing next to nothing out (see ``contrast``)."""
 
+from vpr_core.loop.contrast import image_contrast
 from vpr_core.loop.detector import (
     GATES,
     Keyframe,
@@ -29,6 +31,7 @@ __all__ = [
     "LoopDetector",
     "LoopRecord",
     "extract_features",
+    "image_contrast",
     "verify_features",
     "verify_pair",
 ]

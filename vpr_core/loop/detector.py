@@ -3,17 +3,19 @@
 A SLAM back end that accepts one wrong loop closure can bend its whole map, so the detector is built
 to say "no" unless several independent tests agree. Each keyframe is checked, cheapest test first:
 
-1. ``recent``      only keyframes far enough in the past (by count, seconds and travelled distance)
+1. ``contrast``    a keyframe whose image shows next to nothing (``min_contrast``, see
+                   ``vpr_core.loop.contrast``) neither looks for a loop nor is ever found as one;
+2. ``recent``      only keyframes far enough in the past (by count, seconds and travelled distance)
                    are searched, so the robot's immediate past never counts as a revisit;
-2. ``score``       the best cosine similarity must reach ``min_score``;
-3. ``ratio``       perceptual-aliasing guard: the best match must be clearly better than the best
+3. ``score``       the best cosine similarity must reach ``min_score``;
+4. ``ratio``       perceptual-aliasing guard: the best match must be clearly better than the best
                    match outside its own neighbourhood (a corridor that looks like every other
                    corridor has no clear winner);
-4. ``consistency`` k of the last n queries must have matched old keyframes within +-w of this match;
-5. ``nms``         a candidate no better than a loop emitted just before to (nearly) the same old
+5. ``consistency`` k of the last n queries must have matched old keyframes within +-w of this match;
+6. ``nms``         a candidate no better than a loop emitted just before to (nearly) the same old
                    keyframe is a duplicate of it;
-6. ``rate``        at most one loop per ``min_interval_s`` of keyframe time;
-7. ``geometry``    optional two-view geometric verification of the two images.
+7. ``rate``        at most one loop per ``min_interval_s`` of keyframe time;
+8. ``geometry``    optional two-view geometric verification of the two images.
 
 Every keyframe leaves a ``LoopRecord`` saying what was found and which test rejected it.
 """
@@ -34,7 +36,7 @@ from vpr_core.search import SearchConfig, TwoStageSearcher
 __all__ = ["GATES", "Keyframe", "LoopCandidate", "LoopConfig", "LoopDetector", "LoopRecord"]
 
 # The tests in the order they run; a record's ``rejected_by`` is one of these or None (accepted).
-GATES = ("recent", "score", "ratio", "consistency", "nms", "rate", "geometry")
+GATES = ("contrast", "recent", "score", "ratio", "consistency", "nms", "rate", "geometry")
 GEOMETRIC_METHODS = ("none", "orb", "sift")
 
 
@@ -69,6 +71,9 @@ class LoopConfig:
 
     Rate limit: ``min_interval_s`` of keyframe stamp time between emitted loops (0 disables).
 
+    Contrast: a keyframe whose ``Keyframe.contrast`` is below ``min_contrast`` is rejected as a query
+    and kept out of the searched keyframes; keyframes of unknown contrast (None) pass. 0 disables it.
+
     Geometric verification (``geometric`` = "orb" or "sift"; "none" skips it, and keyframes then need
     no image): see ``vpr_core.loop.geometry``. With ``intrinsics`` (fx, fy, cx, cy of the keyframe
     images) the essential matrix is used and the candidate carries the relative rotation and
@@ -81,6 +86,7 @@ class LoopConfig:
     without, for the trained heads), so there is nothing to tune against.
     """
 
+    min_contrast: float = 0.03
     exclude_recent_frames: int = 20
     exclude_recent_seconds: float = 10.0
     exclude_recent_distance_m: float = 2.0
@@ -105,6 +111,7 @@ class LoopConfig:
             if not ok:
                 raise ValueError(f"LoopConfig.{name}={getattr(self, name)!r}: {rule}")
 
+        check(0.0 <= self.min_contrast <= 1.0, "min_contrast", "an RMS contrast must be in [0, 1]")
         check(self.exclude_recent_frames >= 0, "exclude_recent_frames", "must be >= 0")
         check(self.exclude_recent_seconds >= 0, "exclude_recent_seconds", "must be >= 0")
         check(self.exclude_recent_distance_m >= 0, "exclude_recent_distance_m", "must be >= 0")
@@ -140,7 +147,8 @@ class Keyframe:
     """One keyframe as the encoder and odometry give it.
 
     ``pose`` is x y z qx qy qz qw (only the position is used, for travelled distance); ``image`` is
-    RGB uint8 [H, W, 3] and is needed only with geometric verification.
+    RGB uint8 [H, W, 3] and is needed only with geometric verification; ``contrast`` is
+    ``vpr_core.loop.contrast.image_contrast`` of the image (None: unknown, never rejected).
     """
 
     id: int
@@ -149,6 +157,7 @@ class Keyframe:
     code: np.ndarray
     pose: np.ndarray | None = None
     image: np.ndarray | None = None
+    contrast: float | None = None
 
 
 @dataclass
@@ -178,6 +187,7 @@ class LoopRecord:
     keyframe_id: int
     stamp: float
     searchable: int
+    contrast: float | None = None
     best_id: int | None = None
     best_score: float | None = None
     outside_id: int | None = None
@@ -229,9 +239,9 @@ class LoopDetector:
         self._path: list[float] = []  # travelled distance from the first keyframe, metres
         self._last_position: np.ndarray | None = None
         self._features: list[Features | None] = []
-        self._pending: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+        self._pending: deque[tuple[int, np.ndarray, np.ndarray, bool]] = deque()
         self._searcher: TwoStageSearcher | None = None
-        self._searchable = 0
+        self._rows: list[int] = []  # keyframe index of each searcher row (low-contrast keyframes have none)
         self._dims: tuple[int, int] | None = None  # (code bytes, descriptor dims)
         self._hits: deque[int | None] = deque(maxlen=self.config.consistency_n)
         self._emitted: deque[tuple[int, int, float]] = deque()  # (query index, match index, score)
@@ -254,7 +264,7 @@ class LoopDetector:
             return self._update(kf)
 
     def _update(self, kf: Keyframe) -> LoopCandidate | None:
-        code, desc, position = self._validate(kf)
+        code, desc, position, contrast = self._validate(kf)
         features = extract_features(kf.image, self._geometry) if self._geometry else None
         stamp = float(kf.stamp)
 
@@ -272,13 +282,18 @@ class LoopDetector:
         self._features.append(features)
         self._release_old_keyframes(index, stamp, has_pose=position is not None)
 
-        record = LoopRecord(keyframe_id=int(kf.id), stamp=stamp, searchable=self._searchable)
-        candidate = self._decide(index, stamp, code, desc, features, record)
-        self._pending.append((index, code, desc))
+        record = LoopRecord(keyframe_id=int(kf.id), stamp=stamp, searchable=len(self._rows), contrast=contrast)
+        informative = contrast is None or contrast >= self.config.min_contrast
+        if informative:
+            candidate = self._decide(index, stamp, code, desc, features, record)
+        else:
+            self._hits.append(None)
+            record.rejected_by, candidate = "contrast", None
+        self._pending.append((index, code, desc, informative))
         self.records.append(record)
         return candidate
 
-    def _validate(self, kf: Keyframe) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _validate(self, kf: Keyframe) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, float | None]:
         if not isinstance(kf, Keyframe):
             raise TypeError(f"update() needs a Keyframe, got {type(kf).__name__}")
         try:
@@ -330,7 +345,12 @@ class LoopDetector:
                 f"keyframe {kf_id} has no image, but LoopConfig.geometric="
                 f"{self.config.geometric!r} needs one for every keyframe"
             )
-        return code.copy(), desc / norm, position
+        contrast = None
+        if kf.contrast is not None:
+            contrast = float(kf.contrast)
+            if not 0.0 <= contrast <= 1.0:
+                raise ValueError(f"keyframe {kf_id}: contrast must be in [0, 1] (image_contrast), got {kf.contrast!r}")
+        return code.copy(), desc / norm, position, contrast
 
     def _release_old_keyframes(self, index: int, stamp: float, has_pose: bool) -> None:
         """Move the keyframes that are now old enough from the queue into the searcher."""
@@ -344,16 +364,18 @@ class LoopDetector:
                 break
             if has_pose and self._path[index] - self._path[j] < cfg.exclude_recent_distance_m:
                 break
-            released.append(self._pending.popleft())
+            entry = self._pending.popleft()
+            if entry[3]:   # low-contrast keyframes are never searched
+                released.append(entry)
         if not released:
             return
-        codes = np.stack([c for _, c, _ in released])
-        descs = np.stack([d for _, _, d in released])
+        codes = np.stack([c for _, c, _, _ in released])
+        descs = np.stack([d for _, _, d, _ in released])
         if self._searcher is None:
             self._searcher = self._searcher_factory(codes, descs, cfg.search)
         else:
             self._searcher.add(codes, descs)
-        self._searchable += len(released)
+        self._rows.extend(j for j, _, _, _ in released)
 
     def _decide(
         self,
@@ -372,9 +394,9 @@ class LoopDetector:
 
         # 2 * neighbourhood + 2 results always include one outside the best one's neighbourhood
         # (which holds at most 2 * neighbourhood + 1 keyframes) whenever such a keyframe exists.
-        k = min(2 * cfg.neighbourhood + 2, self._searchable)
+        k = min(2 * cfg.neighbourhood + 2, len(self._rows))
         result = self._searcher.search(code[None], desc[None], k)
-        found = [(int(i), float(s)) for i, s in zip(result.ids[0], result.scores[0]) if i >= 0]
+        found = [(self._rows[int(i)], float(s)) for i, s in zip(result.ids[0], result.scores[0]) if i >= 0]
         if not found:
             self._hits.append(None)
             record.rejected_by = "recent"
