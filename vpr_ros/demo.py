@@ -1,6 +1,6 @@
 """The README's demo: a real map, the real node, real frames replayed as ROS messages, and the score.
 
-1. builds a map with the shipped `lite0` heads (checkpoints/lite0-nordland) from the reference frames
+1. builds a map with the shipped heads (checkpoints/lite0-nordland) from the reference frames
    of a data set (resumed when it is already there), 2. writes the query frames into a rosbag2 (mcap) at a camera rate,
 3. starts the vpr_localizer node and the bag player as separate processes, 4. listens to the node's
 PlaceMatchArray messages, printing one line per frame, and 5. ends with Recall@1, latency and an
