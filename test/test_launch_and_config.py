@@ -6,6 +6,8 @@ import pytest
 import yaml
 
 from conftest import REPO
+from vpr_core.localizer import LocalizationConfig
+from vpr_core.loop import LoopConfig
 from vpr_ros.parameters import SPECS
 
 
@@ -22,6 +24,16 @@ def test_yaml_lists_every_parameter_with_its_default_and_a_comment():
     for spec in SPECS:
         i = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{spec.name}:"))
         assert lines[i - 1].strip().startswith("#"), f"{spec.name} has no comment above it"
+
+
+@pytest.mark.parametrize("prefix, config_class", [("loop.", LoopConfig), ("localization.", LocalizationConfig)])
+def test_node_defaults_are_the_library_defaults(prefix, config_class):
+    """The node, `vpr eval-loops` and the offline replay must decide alike when nobody sets anything."""
+    defaults = config_class()
+    specs = [s for s in SPECS if s.name.startswith(prefix)]
+    assert specs
+    for spec in specs:
+        assert getattr(defaults, spec.name[len(prefix):]) == spec.default, spec.name
 
 
 def test_launch_file_builds_the_node_with_its_parameters():

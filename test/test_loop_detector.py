@@ -26,6 +26,7 @@ OPEN = dict(
     exclude_recent_distance_m=0.0,
     min_score=0.5,
     ratio_max=1.0,
+    min_departure=0.0,
     neighbourhood=2,
     consistency_k=1,
     consistency_n=1,
@@ -128,6 +129,31 @@ def test_travelled_distance_excludes_a_stopped_robot_but_not_a_closed_loop():
         assert detector.last_record.searchable == 19  # keyframes 0..18 are >= 4.5 m of path back
         back_home = detector.update(stream.keyframe(0, pose=pose(24)))
         assert back_home is not None and back_home.match_id == 0
+
+
+def test_a_robot_that_never_left_closes_no_loop_without_poses():
+    """It stands at place 9 for longer than the recent-past window (a black frame in between must
+    not count as having left), then drives on and returns to place 2."""
+    for min_departure in (0.35, 0.0):
+        detector = LoopDetector(config(exclude_recent_frames=3, min_departure=min_departure, min_contrast=0.03))
+        stream = Stream()
+        feed_new_places(detector, stream, 10)
+        dark = stream.new_place()
+        standing = [detector.update(stream.keyframe(9)) for _ in range(3)]
+        standing.append(detector.update(stream.keyframe(dark, contrast=0.01)))
+        standing += [detector.update(stream.keyframe(9)) for _ in range(4)]
+        place_9 = {9, 10, 11, 12, 14, 15, 16, 17}  # keyframe ids showing place 9
+        if min_departure == 0.0:  # control: with the test off the robot's own past is a "loop"
+            assert any(c is not None and c.match_id in place_9 for c in standing)
+            continue
+        assert standing == [None] * 8
+        last = detector.last_record
+        assert last.best_id in place_9 and last.best_score > 0.9 and last.rejected_by == "departure"
+        assert last.departure is not None and last.departure < 0.1
+        feed_new_places(detector, stream, 5)
+        back = detector.update(stream.keyframe(2))
+        assert back is not None and back.match_id == 2
+        assert detector.last_record.departure >= 0.35
 
 
 def test_aliased_place_fails_the_ratio_test():
@@ -320,6 +346,7 @@ def test_reset_forgets_everything():
         ("exclude_recent_frames", -1),
         ("min_interval_s", -1.0),
         ("nms_radius", -1),
+        ("min_departure", -0.1),
     ],
 )
 def test_bad_config_is_refused_with_the_field_name(field, value):

@@ -124,9 +124,12 @@ SPECS: tuple[Spec, ...] = (
          _at_least(0)),
     Spec("loop.exclude_recent_seconds", 10.0, "Seconds before the query that never count as a loop.",
          _at_least(0.0)),
-    Spec("loop.min_score", 0.6, "Cosine score a loop candidate needs. Hand-set: the lite0 models give no "
-         "usable operating point on the Nordland-tiny development section to tune it on (README).",
+    Spec("loop.min_score", 0.65, "Cosine score a loop candidate needs. Chosen for the shipped heads on the "
+         "Nordland-tiny development section: the lowest 0.01 step above its every false closure (README).",
          _between(-1.0, 1.0)),
+    Spec("loop.min_departure", 0.35,
+         "A loop needs a keyframe between match and query scoring this much below the match: the robot left "
+         "the place (0 disables). Chosen on the Nordland-tiny development section (README).", _between(0.0, 2.0)),
     Spec("loop.min_contrast", 0.03,
          "A keyframe whose RMS grey contrast is below this neither closes a loop nor is found as one "
          "(chosen as localization.min_contrast).", _between(0.0, 1.0)),
@@ -242,7 +245,8 @@ def localizer_config(v: dict[str, Any]):
                                 max_similarity=v["keyframe.max_similarity"]),
         loop=LoopConfig(exclude_recent_frames=v["loop.exclude_recent_frames"],
                         exclude_recent_seconds=v["loop.exclude_recent_seconds"],
-                        min_score=v["loop.min_score"], min_contrast=v["loop.min_contrast"],
+                        min_score=v["loop.min_score"], min_departure=v["loop.min_departure"],
+                        min_contrast=v["loop.min_contrast"],
                         consistency_k=v["loop.consistency_k"],
                         consistency_n=v["loop.consistency_n"], geometric=v["loop.geometric"],
                         min_inliers=v["loop.min_inliers"], search=SearchConfig(threads=v["search.threads"])),

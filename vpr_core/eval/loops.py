@@ -418,8 +418,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_encoder_arguments(parser)
     loop = parser.add_argument_group("loop detector (defaults: LoopConfig)")
     defaults = LoopConfig()
-    for name in ("min_score", "ratio_max", "min_contrast", "exclude_recent_frames", "exclude_recent_seconds",
-                 "neighbourhood", "consistency_k", "consistency_n", "consistency_window", "nms_radius",
+    for name in ("min_score", "ratio_max", "min_departure", "min_contrast", "exclude_recent_frames",
+                 "exclude_recent_seconds", "neighbourhood", "consistency_k", "consistency_n", "consistency_window", "nms_radius",
                  "min_interval_s"):
         value = getattr(defaults, name)
         note = "; also the threshold the summary reports at" if name == "min_score" else ""
