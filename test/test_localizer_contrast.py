@@ -55,7 +55,9 @@ def test_a_dark_frame_is_never_accepted_while_real_frames_are(encoder, data_dir,
 
 def test_dark_keyframes_close_no_loop_in_slam_mode(encoder, data_dir):
     dataset = open_dataset(f"vpr_bench:{data_dir / 'corridor'}")
-    loop = LoopConfig(exclude_recent_frames=1, exclude_recent_seconds=0.0, min_score=0.5, consistency_k=1)
+    # Departure off: only dark frames lie between the two views of frame 0, and they prove no departure.
+    loop = LoopConfig(exclude_recent_frames=1, exclude_recent_seconds=0.0, min_score=0.5, consistency_k=1,
+                      min_departure=0.0)
     every_frame = KeyframeConfig()                                             # no keyframe criterion
     localizer = Localizer(LocalizerConfig(mode="slam", loop=loop, keyframe=every_frame), encoder)
     first = list(dataset.queries)[0].rgb
