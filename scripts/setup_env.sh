@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with the pinned packages and builds our ROS messages into it.
+# Creates .venv with the pinned packages, installs the ros2 command and launch tools from
+# ../shared/ros2-python into it, builds our ROS messages into it and a colcon install of this package
+# (VENV/.vpr_ws, used by `ros2 launch`/`ros2 run` through scripts/ros2_exec.sh).
 # Idempotent: each step records a stamp of its inputs and is skipped when they have not changed,
 # so a second run takes seconds.
 set -euo pipefail
@@ -27,9 +29,11 @@ if [ "$(cat "$stamp_dir/pip" 2>/dev/null)" != "$pip_stamp" ]; then
   "$vpy" -m pip install -q --disable-pip-version-check "$torch_spec" \
       -r "$repo/requirements.txt" -r "$repo/requirements-build.txt" -r "$repo/requirements-test.txt" \
       2>&1 | grep -v '^WARNING: Location' || true
-  "$vpy" -c "import torch, rclpy, faiss, onnxruntime, cv2, rosbags" \
+  "$vpy" -c "import torch, rclpy, faiss, onnxruntime, cv2, rosbags, osrf_pycommon, psutil, lark" \
       || { say "package installation failed; see the pip output above"; exit 1; }
   echo "$pip_stamp" > "$stamp_dir/pip"
 fi
 
+"$repo/scripts/install_ros2_tools.sh" "$venv"
 "$repo/scripts/build_msgs.sh" "$venv"
+"$repo/scripts/build_workspace.sh" "$venv"

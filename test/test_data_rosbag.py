@@ -63,38 +63,43 @@ def test_images_come_back_as_written(tmp_path: Path, storage: str, encoding: str
         assert not np.array_equal(frames[0].rgb, frames[1].rgb)
 
 
+def track_poses(stamps: np.ndarray) -> np.ndarray:
+    """A robot driving along x at 1.5 m/s and turning at 0.4 rad/s: the pose at any time is known exactly."""
+    t = (stamps - START_NS) * 1e-9
+    yaw = 0.4 * t
+    return np.stack([1.5 * t, 0.2 * t, np.zeros_like(t), np.zeros_like(t), np.zeros_like(t),
+                     np.sin(yaw / 2), np.cos(yaw / 2)], axis=1)
+
+
 @pytest.mark.parametrize(
     ("storage", "kind"), [("sqlite3", "odometry"), ("mcap", "pose_stamped"), ("ros1", "odometry")]
 )
-def test_poses_and_fixes_matched_by_nearest_stamp(tmp_path: Path, storage: str, kind: str) -> None:
+def test_poses_interpolated_and_fixes_matched_by_nearest_stamp(tmp_path: Path, storage: str, kind: str) -> None:
     image_stamps = stamps_at(10, N)
     # Poses at 33 Hz from 17 ms before the first image, with a hole where frames 4 and 5 sit.
     pose_stamps = stamps_at(33, 30, start_ns=START_NS - 17_000_000)
     keep = (pose_stamps < image_stamps[4] - 60_000_000) | (pose_stamps > image_stamps[5] + 60_000_000)
     pose_stamps = pose_stamps[keep]
-    poses = random_poses(len(pose_stamps), seed=1)
     fix_stamps = stamps_at(5, 4, start_ns=START_NS + 10_000_000)
     fixes = np.array([[59.9, 10.7], [59.91, 10.71], [59.92, 10.72], [59.93, 10.73]])
     streams = [
         ImageStream("/cam", FRAMES, image_stamps, encoding="jpeg"),
-        PoseStream("/odom", poses, pose_stamps, kind=kind),
+        PoseStream("/odom", track_poses(pose_stamps), pose_stamps, kind=kind),
         GpsStream("/fix", fixes, fix_stamps, no_fix=[1]),
     ]
     bag = write_bag(tmp_path / "bag", streams, storage=storage)
     frames = list(open_source(bag, max_gap_s=0.05))
     usable_fixes = np.delete(np.arange(4), 1)
-    for frame, t in zip(frames, image_stamps):
-        j = nearest_index(pose_stamps, t)
-        if abs(int(pose_stamps[j]) - t) <= 50_000_000:
-            np.testing.assert_array_equal(frame.pose, poses[j])
-        else:
+    for i, (frame, t) in enumerate(zip(frames, image_stamps)):
+        if i in (4, 5):  # the pose messages around them are 220 ms apart, more than 2 * max_gap_s
             assert frame.pose is None
+        else:  # between two messages 30 ms apart: the pose at the image's own stamp
+            np.testing.assert_allclose(frame.pose, track_poses(np.array([t]))[0], atol=1e-9)
         k = usable_fixes[nearest_index(fix_stamps[usable_fixes], t)]
         if abs(int(fix_stamps[k]) - t) <= 50_000_000:
             assert frame.latlon == tuple(fixes[k])
         else:
             assert frame.latlon is None
-    assert frames[4].pose is None and frames[5].pose is None
     assert sum(f.pose is not None for f in frames) == N - 2
     assert sum(f.latlon is not None for f in frames) >= 2
     assert all(f.latlon != tuple(fixes[1]) for f in frames)  # the NO_FIX message is never used

@@ -36,27 +36,71 @@ def test_node_defaults_are_the_library_defaults(prefix, config_class):
         assert getattr(defaults, spec.name[len(prefix):]) == spec.default, spec.name
 
 
-def test_launch_file_builds_the_node_with_its_parameters():
-    if importlib.util.find_spec("launch_ros") is None:
-        pytest.skip("launch_ros is not installable from PyPI here; the node itself is tested directly")
-    from launch import LaunchContext
-    from launch.actions import DeclareLaunchArgument, OpaqueFunction
-
+def _launch_module():
     spec = importlib.util.spec_from_file_location("localize_launch", REPO / "launch" / "localize.launch.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _nodes(module, **arguments):
+    """The node actions the launch file makes from these arguments (the others at their defaults)."""
+    from launch import LaunchContext
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
     description = module.generate_launch_description()
-    declared = {a.name for a in description.entities if isinstance(a, DeclareLaunchArgument)}
-    assert declared == set(module.ARGUMENTS)
+    declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
+    assert set(declared) == set(module.ARGUMENTS)
     context = LaunchContext()
-    context.launch_configurations.update({name: "" for name in module.ARGUMENTS})
-    context.launch_configurations.update(
-        params_file=str(REPO / "config" / "localize.yaml"), map="/maps/office", mode="slam",
-        image_topics="/a/image_raw, /b/image_raw/compressed", use_sim_time="true", namespace="robot1")
+    for name, action in declared.items():
+        if name != "params_file":  # its default is found in the installed package share
+            context.launch_configurations[name] = "".join(s.perform(context) for s in action.default_value)
+    context.launch_configurations.update(params_file=str(REPO / "config" / "localize.yaml"), **arguments)
     opaque = next(a for a in description.entities if isinstance(a, OpaqueFunction))
-    (node,) = opaque.execute(context)
+    return opaque.execute(context)
+
+
+def _overrides(node) -> dict:
+    from launch import LaunchContext
+    from launch_ros.utilities import evaluate_parameters
+
+    params_file, overrides = evaluate_parameters(LaunchContext(), node._Node__parameters)
+    assert params_file == REPO / "config" / "localize.yaml"
+    return overrides
+
+
+def test_launch_file_builds_the_node_with_its_parameters():
+    from launch_ros.actions import LifecycleNode
+
+    module = _launch_module()
+    (node,) = _nodes(module, map="/maps/office", mode="slam", slam_path="/maps/slam", odom_topic="odom",
+                     image_topics="/a/image_raw, /b/image_raw/compressed", camera_info_topics="auto",
+                     use_sim_time="True", namespace="robot1", qos="reliable", log_level="debug")
     assert node.node_package == "vpr_ros" and node.node_executable == "localize_node"
-    overrides = node._Node__parameters[1]
+    assert not isinstance(node, LifecycleNode)
+    overrides = _overrides(node)
     assert overrides["map.path"] == "/maps/office" and overrides["mode"] == "slam"
-    assert overrides["image_topics"] == ["/a/image_raw", "/b/image_raw/compressed"]
+    assert overrides["map.slam_path"] == "/maps/slam" and overrides["odom_topic"] == "odom"
+    assert overrides["image_topics"] == ("/a/image_raw", "/b/image_raw/compressed")
+    assert overrides["camera_info_topics"] == ("auto",) and overrides["qos"] == "reliable"
     assert overrides["use_sim_time"] is True
+    assert node._Node__ros_arguments[-2:] == ["--log-level", "debug"]
+
+
+@pytest.mark.parametrize("spelling, value", [("true", True), ("1", True), ("yes", True), ("On", True),
+                                             ("False", False), ("0", False), ("no", False), ("off", False)])
+def test_use_sim_time_takes_the_usual_spellings(spelling, value):
+    (node,) = _nodes(_launch_module(), use_sim_time=spelling)
+    assert _overrides(node)["use_sim_time"] is value
+
+
+def test_defaults_start_the_plain_node_and_managed_the_lifecycle_one():
+    from launch_ros.actions import LifecycleNode
+
+    module = _launch_module()
+    (plain,) = _nodes(module)
+    assert _overrides(plain) == {"use_sim_time": False}  # nothing overrides the parameter file
+    (managed,) = _nodes(module, managed="true", mode="slam")
+    assert isinstance(managed, LifecycleNode) and managed.node_executable == "localize_lifecycle_node"
+    with pytest.raises(ValueError, match="use_sim_time:='maybe' is not a boolean"):
+        _nodes(module, use_sim_time="maybe")

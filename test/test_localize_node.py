@@ -129,7 +129,7 @@ def test_slam_mode_publishes_loop_closures_for_true_revisits(ros_env, data_dir):
     sequence = data_dir / "rtabmap_loop"
     images = sorted((sequence / "images").glob("*.jpg"))
     truth = {tuple(map(int, line.split(","))) for line in (sequence / "loop_pairs.csv").read_text().split()[1:]}
-    node = _start_node(ros_env, "mode:=slam", "map.save_on_shutdown:=false", "image_topics:=['/cam/image_raw']",
+    node = _start_node(ros_env, "mode:=slam", "image_topics:=['/cam/image_raw']",
                        "keyframe.min_interval_s:=0.0", "keyframe.max_similarity:=1.0")
     answers = _run_camera(node, _camera(ros_env, images, "/cam/image_raw", "raw", period_ns=1_000_000_000,
                                         loop_topic="/vpr_localizer/loop_closures"))

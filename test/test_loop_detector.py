@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vpr_core.loop import GATES, Keyframe, LoopConfig, LoopDetector
+from vpr_core.loop import GATES, UP_TO_SCALE, Keyframe, LoopConfig, LoopDetector
 
 DIMS = 256
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rtabmap_loop"
@@ -272,8 +272,10 @@ def test_geometric_verification_rejects_a_lookalike_with_other_geometry():
     true_loop = detector.update(stream.keyframe(old[26], image=load_image(66)))
     assert true_loop is not None and true_loop.match_id == 0
     assert true_loop.verified is True and true_loop.inliers >= 30
-    assert np.allclose(true_loop.rotation @ true_loop.rotation.T, np.eye(3), atol=1e-6)
-    assert np.linalg.norm(true_loop.translation_dir) == pytest.approx(1.0)
+    relative = true_loop.relative  # T_match_query, up to scale: no depth in this data
+    assert relative.kind == UP_TO_SCALE and relative.inliers == true_loop.inliers
+    assert np.allclose(relative.rotation @ relative.rotation.T, np.eye(3), atol=1e-6)
+    assert np.linalg.norm(relative.translation) == pytest.approx(1.0)
 
     false_loop = detector.update(stream.keyframe(old[48], image=load_image(64)))
     assert false_loop is None
@@ -286,7 +288,7 @@ def test_geometric_verification_rejects_a_lookalike_with_other_geometry():
     for _ in range(3):
         without.update(stream.keyframe(stream.new_place()))
     unverified = without.update(stream.keyframe(1))
-    assert unverified is not None and unverified.verified is None and unverified.rotation is None
+    assert unverified is not None and unverified.verified is None and unverified.relative is None
 
 
 def test_bad_keyframes_are_refused_and_change_nothing():

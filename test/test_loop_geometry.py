@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from vpr_core.loop.geometry import GeometryConfig, extract_features, verify_features, verify_pair
+from vpr_core.loop.relative_pose import UP_TO_SCALE, CameraModel
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rtabmap_loop"
 
@@ -50,7 +51,7 @@ def test_true_revisit_passes_and_other_places_fail(method):
     assert good.verified
     assert good.inliers >= config.min_inliers
     assert good.inliers <= good.matches <= min(good.keypoints)
-    assert good.rotation is None and good.translation_dir is None  # no intrinsics, no pose
+    assert good.relative is None  # no camera, no pose
     for query, match in FALSE_PAIRS:
         bad = verify_pair(load(query), load(match), config)
         assert not bad.verified, (query, match, bad.inliers)
@@ -65,16 +66,38 @@ def test_essential_matrix_gives_a_consistent_relative_pose():
     backward = verify_features(match, query, config)
     assert forward.verified and backward.verified
     for result in (forward, backward):
-        rotation = result.rotation
+        assert result.relative.kind == UP_TO_SCALE and result.relative.inliers == result.inliers
+        rotation = result.relative.rotation
         assert np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-6)
         assert np.linalg.det(rotation) == pytest.approx(1.0, abs=1e-6)
-        assert np.linalg.norm(result.translation_dir) == pytest.approx(1.0, abs=1e-6)
+        assert np.linalg.norm(result.relative.translation) == pytest.approx(1.0, abs=1e-6)
     # Swapping the views inverts the motion: R_ba should be R_ab transposed, up to RANSAC noise.
-    residual = forward.rotation @ backward.rotation
+    residual = forward.relative.rotation @ backward.relative.rotation
     angle = np.degrees(np.arccos(np.clip((np.trace(residual) - 1.0) / 2.0, -1.0, 1.0)))
     assert angle < 5.0
     # ... and the camera centre of the other view moves the opposite way: t_ba ~ -R_ba t_ab.
-    assert float(np.dot(backward.translation_dir, -backward.rotation @ forward.translation_dir)) > 0.9
+    t_ab, t_ba = forward.relative.translation, backward.relative.translation
+    assert float(np.dot(t_ba, -backward.relative.rotation @ t_ab)) > 0.9
+
+
+def test_a_camera_on_the_features_replaces_the_intrinsics_and_depth_is_sampled():
+    config = GeometryConfig(method="orb")
+    camera = CameraModel(*INTRINSICS)
+    image = load(TRUE_PAIR[0])
+    depth_mm = np.full(image.shape[:2], 2500, np.uint16)
+    depth_mm[:, :100] = 0  # unknown
+    features = extract_features(image, config, camera=camera, depth_image=depth_mm)
+    left = features.points[:, 0] < 99.5
+    assert np.isnan(features.depth[left]).all() and np.allclose(features.depth[~left], 2.5)
+    metres = extract_features(image, config, depth_image=depth_mm.astype(np.float32) / 1000)
+    assert np.array_equal(np.isnan(metres.depth), np.isnan(features.depth))
+    match = extract_features(load(TRUE_PAIR[1]), config, camera=camera)
+    result = verify_features(features, match, config)
+    assert result.verified and result.relative is not None
+    with pytest.raises(ValueError, match="size"):
+        extract_features(image, config, depth_image=depth_mm[:10])
+    with pytest.raises(ValueError, match="uint16"):
+        extract_features(image, config, depth_image=depth_mm.astype(np.int32))
 
 
 def test_features_of_another_method_are_refused():

@@ -10,6 +10,8 @@ from rclpy.node import Node
 from rosmsg_dict import to_dict
 
 from conftest import python_process
+from vpr_core import messages
+from vpr_core.loop import relative_pose
 from vpr_ros.msg import LoopClosure, PlaceMatchArray
 
 MATCH = {
@@ -28,12 +30,15 @@ SPEC = {
         "latency_ms": 12.5,
     },
     "loop": {
-        "header": {"stamp": {"sec": 42, "nanosec": 999999999}, "frame_id": "camera_front"},
-        "query_id": 311, "match_id": 12, "match_stamp": {"sec": 12, "nanosec": 34},
-        "score": 0.71875, "consistent_count": 3, "verification_run": True, "verified": True,
-        "inlier_count": 87, "has_transform": True,
+        "header": {"stamp": {"sec": 42, "nanosec": 999999999}, "frame_id": "camera_front_optical"},
+        "session_id": "20261201T120000-a1b2c3", "query_id": 311,
+        "match_session_id": "20261201T120000-a1b2c3", "match_id": 12, "match_stamp": {"sec": 12, "nanosec": 34},
+        "query_frame_id": "camera_front_optical", "match_frame_id": "camera_rear_optical",
+        "score": 0.71875, "consistent_count": 3, "verification": LoopClosure.VERIFICATION_PASSED,
+        "inlier_count": 87, "transform_type": LoopClosure.TRANSFORM_UP_TO_SCALE,
         "transform": {"translation": {"x": 0.6, "y": 0.0, "z": 0.8},
                       "rotation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}},
+        "covariance": [float(v) for v in np.diag([1e6, 2e-3, 3e-3, 1e-4, 2e-4, 3e-4]).ravel()],
     },
 }
 
@@ -72,3 +77,13 @@ def test_place_match_array_and_loop_closure_round_trip(ros_env):
     assert np.float32(got["matches"].matches[0].score) == np.float32(MATCH["score"])
     _same(to_dict(got["matches"]), SPEC["matches"])
     _same(to_dict(got["loop"]), SPEC["loop"])
+
+
+def test_the_constants_of_loop_closure_are_the_engines():
+    """vpr_core fills LoopClosure without importing ROS, so its numbers must be the message's."""
+    assert (relative_pose.NONE, relative_pose.ROTATION_ONLY, relative_pose.UP_TO_SCALE, relative_pose.METRIC) == (
+        LoopClosure.TRANSFORM_NONE, LoopClosure.TRANSFORM_ROTATION_ONLY, LoopClosure.TRANSFORM_UP_TO_SCALE,
+        LoopClosure.TRANSFORM_METRIC)
+    assert relative_pose.UNOBSERVED_VARIANCE == LoopClosure.UNOBSERVED_VARIANCE
+    assert (messages.VERIFICATION_NOT_RUN, messages.VERIFICATION_PASSED) == (
+        LoopClosure.VERIFICATION_NOT_RUN, LoopClosure.VERIFICATION_PASSED)

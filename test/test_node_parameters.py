@@ -18,7 +18,6 @@ def test_node_runs_with_the_values_of_the_yaml_file(ros_env, tmp_path):
     text = (REPO / "config" / "localize.yaml").read_text()
     text = re.sub(r"\n    qos_depth: 5\n", "\n    qos_depth: 7\n", text)
     text = re.sub(r'\n    mode: "localization"\n', '\n    mode: "slam"\n', text)
-    text = re.sub(r"\n    map.save_on_shutdown: true\n", "\n    map.save_on_shutdown: false\n", text)
     params = tmp_path / "params.yaml"
     params.write_text(text)
     node_process = python_process([*NODE, "--params-file", str(params)], ros_env)
@@ -44,15 +43,20 @@ def test_node_runs_with_the_values_of_the_yaml_file(ros_env, tmp_path):
 @pytest.mark.parametrize("overrides, named", [
     (["mode:=flying"], "mode"),
     (["search.top_k:=abc"], "search.top_k"),
-    (["loop.min_score:=2.0", "mode:=slam", "map.save_on_shutdown:=false"], "loop.min_score"),
+    (["loop.min_score:=2.0", "mode:=slam"], "loop.min_score"),
     (["map.path:=/nonexistent/map"], "map.path"),
     ([], "map.path"),
-    (["mode:=slam", "map.save_on_shutdown:=false", "search.top_k:=50", "search.rerank_k:=10"], "search.top_k"),
-    (["mode:=slam", "map.save_on_shutdown:=false", "model.backend:=cuda"], "model.backend"),
-    (["mode:=slam", "map.save_on_shutdown:=false", "model.local_branch:=/nonexistent/branch"], "model.local_branch"),
-    (["mode:=slam", "map.save_on_shutdown:=false", "model.local_branch:=checkpoints/lite0-nordland-local"],
+    (["mode:=slam", "search.top_k:=50", "search.rerank_k:=10"], "search.top_k"),
+    (["mode:=slam", "model.backend:=cuda"], "model.backend"),
+    (["mode:=slam", "model.local_branch:=/nonexistent/branch"], "model.local_branch"),
+    (["mode:=slam", "model.local_branch:=checkpoints/lite0-nordland-local"],
      "model.local_branch"),
-    (["mode:=slam", "map.save_on_shutdown:=false", "search.local_weight:=1.5"], "search.local_weight"),
+    (["mode:=slam", "search.local_weight:=1.5"], "search.local_weight"),
+    (["mode:=slam", "image_topics:=['cam/image raw']"], "image_topics"),
+    (["mode:=slam", "camera_info_topics:=['a/camera_info', 'b/camera_info']"], "camera_info_topics"),
+    (["mode:=slam", "camera.intrinsics:=[0.0, 400.0, 320.0, 240.0]"], "camera.intrinsics"),
+    (["mode:=slam", "frames.base_to_camera:=[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]"], "frames.base_to_camera"),
+    (["mode:=slam", "frames.base:=/base_link"], "frames.base"),
 ])
 def test_bad_parameter_stops_the_node_with_a_clear_message(ros_env, overrides, named):
     args = [*NODE] + [x for o in overrides for x in ("-p", o)]

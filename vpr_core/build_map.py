@@ -19,6 +19,7 @@ from typing import Iterator
 import numpy as np
 from tqdm import tqdm
 
+from vpr_core import poses
 from vpr_core.data import Frame, FrameSource, open_source
 from vpr_core.engine import Encoder, EncoderConfig, create_encoder
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
@@ -37,14 +38,17 @@ class BuildConfig:
     batch_size: int = 16
     commit_every: int = 256       # places per committed append
     frame_id: str = "map"
+    # Pose of the camera in the body frame of the source's poses (x y z qx qy qz qw): places store the
+    # camera's pose, the node turns it back into the base's. The identity takes the camera as the body.
+    base_to_camera: tuple[float, ...] = tuple(poses.IDENTITY)
     resume: bool = True
     search: SearchConfig = field(default_factory=SearchConfig)  # the stage-1 index stored with the map
 
 
-def _record(frame: Frame) -> PlaceRecord:
+def _record(frame: Frame, base_to_camera: np.ndarray) -> PlaceRecord:
+    pose = None if frame.pose is None else poses.compose(poses.as_pose(frame.pose), base_to_camera)
     return PlaceRecord(stamp_ns=frame.stamp_ns or 0, source=frame.name, camera=frame.camera,
-                       pose=None if frame.pose is None else tuple(float(v) for v in frame.pose),
-                       latlon=frame.latlon)
+                       pose=None if pose is None else tuple(float(v) for v in pose), latlon=frame.latlon)
 
 
 def _open_or_create(out: Path, encoder: Encoder, config: BuildConfig) -> MapDB:
@@ -92,6 +96,7 @@ def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: Bu
     selector = KeyframeSelector(config.keyframe)
     frames = _remaining(iter(source), mapdb, selector, encoder)
     pending: tuple[list, list, list] = ([], [], [])
+    extrinsic = poses.as_pose(config.base_to_camera, "base_to_camera")
     done_before = mapdb.size
     with tqdm(total=len(source), desc=f"build-map {out.name}", unit="img", disable=None) as bar:
         while batch := list(islice(frames, config.batch_size)):
@@ -100,7 +105,7 @@ def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: Bu
                 if selector.accept(_time_s(frame), d, frame.pose):
                     pending[0].append(code)
                     pending[1].append(d)
-                    pending[2].append(_record(frame))
+                    pending[2].append(_record(frame, extrinsic))
             if len(pending[2]) >= config.commit_every:
                 mapdb.append(np.stack(pending[0]), np.stack(pending[1]), pending[2])
                 pending = ([], [], [])
@@ -152,6 +157,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                     help="skip frames whose cosine to the last place is above this (appearance change)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--frame-id", default="map", help="frame of the places' poses")
+    parser.add_argument("--base-to-camera", type=float, nargs=7, default=tuple(poses.IDENTITY),
+                        metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
+                        help="pose of the camera in the body frame of the source's poses (default: identity)")
     parser.add_argument("--index", default="auto", choices=("auto", "flat", "ivf", "hnsw"),
                         help="stage-1 binary index stored with the map (auto: flat up to 50k places, else ivf)")
     parser.add_argument("--no-resume", action="store_true", help="refuse to continue an existing map")
@@ -162,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = BuildConfig(keyframe=KeyframeConfig(args.min_interval_s, args.min_distance_m, args.max_similarity),
                              batch_size=args.batch_size, frame_id=args.frame_id, resume=not args.no_resume,
+                             base_to_camera=tuple(args.base_to_camera),
                              search=SearchConfig(index=args.index))
         mapdb = build_map(open_source(args.source), args.out, create_encoder(encoder_config(args)), config)
     except (ValueError, OSError) as exc:

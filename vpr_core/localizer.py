@@ -8,8 +8,9 @@ both call `Localizer.process`, so their results are the same by construction.
 
 from __future__ import annotations
 
+import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +19,9 @@ import numpy as np
 from vpr_core.data.frame import Frame
 from vpr_core.engine import Encoder, EncoderConfig, create_encoder
 from vpr_core.engine.local_engines import create_local_encoder
+from vpr_core import poses
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
+from vpr_core.localization_pose import PoseConfig, PoseEstimate, estimate_pose
 from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector, image_contrast
 from vpr_core.mapdb import MapDB, PlaceRecord
 from vpr_core.mapdb.local_features import LocalFeatures
@@ -58,8 +61,15 @@ class LocalizerConfig:
     # must hold this branch's patches (`vpr add-local`).
     local_branch: str = ""
     local_rerank: LocalRerankConfig = field(default_factory=LocalRerankConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
+    # Pose of the camera in the robot's base frame (x y z qx qy qz qw): odometry gives the base, the
+    # map and the keyframes keep camera poses. The identity takes the camera as the base.
+    base_to_camera: tuple[float, ...] = tuple(poses.IDENTITY)
+    # Frame of the slam keyframes' poses when the odometry does not name one.
+    slam_frame_id: str = "odom"
 
     def __post_init__(self) -> None:
+        self.base_to_camera = tuple(poses.as_pose(self.base_to_camera, "base_to_camera"))
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.mode != "slam" and not self.map_path:
@@ -90,6 +100,11 @@ class FrameResult:
     search_ms: float = 0.0
     local_pool: int = 0  # candidates the local stage re-ranked (0: stage off or skipped)
     contrast: float | None = None  # RMS contrast of the frame (vpr_core.loop.contrast)
+    # best score minus the best score at a distinct place (None: no distinct place among the results)
+    margin: float | None = None
+    pose: PoseEstimate | None = None  # the base's pose in the map frame, for accepted matches with a pose
+    session_id: str = ""  # slam session of keyframe_id and of the loop's query keyframe
+    loop_match_frame: str = ""  # camera frame of the loop's matched keyframe
 
 
 class Localizer:
@@ -118,6 +133,10 @@ class Localizer:
         self.slam_map: MapDB | None = None
         self.loop_detector: LoopDetector | None = None
         self.keyframes = KeyframeSelector(config.keyframe)
+        self.session_id = ""
+        self._slam_dir: Path | None = None
+        self._extrinsics: dict[str, np.ndarray] = {}
+        self._keyframe_frames: list[str] = []  # camera frame of each keyframe of this session
         if config.mode != "localization":
             self.reset()
 
@@ -127,27 +146,85 @@ class Localizer:
 
     @property
     def map_frame(self) -> str:
-        return self.map.frame_id if self.map is not None else self.slam_map.frame_id
+        """Frame of the prebuilt map's poses, or of the slam keyframes' in slam mode."""
+        if self.map is not None:
+            return self.map.frame_id
+        return self.slam_map.frame_id if self.slam_map is not None else self.config.slam_frame_id
 
     @property
     def keyframe_count(self) -> int:
         return self.slam_map.size if self.slam_map is not None else 0
 
     def reset(self) -> None:
-        """Starts the slam keyframes afresh (the prebuilt map is read-only and stays).
+        """Starts a new slam session: new session id, no keyframes (the prebuilt map is read-only and
+        stays). The slam map is created at the first keyframe, in the frame of its odometry.
 
         A slam map already on disk is never overwritten: it is renamed to `<path>.<time>` first.
         """
+        self.session_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self.loop_detector = LoopDetector(self.config.loop)
         self.keyframes.reset()
+        self._keyframe_frames = []
+        if self.slam_map is not None:
+            self.slam_map.close()
+        self.slam_map = None
         if self.config.mode == "localization":
             return
-        path = Path(self.config.slam_map_path) if self.config.slam_map_path else _memory_map_dir()
+        path = self._slam_path()
         if path.exists():
             path.rename(path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"))
-        self.slam_map = MapDB.create(
-            path, fingerprint=self.encoder.fingerprint, encoder_config=self.encoder.model_config.to_dict(),
-            bits=self.encoder.bits, dim=self.encoder.dim, frame_id="odom")
+
+    def _slam_path(self) -> Path:
+        if self._slam_dir is None:
+            self._slam_dir = (Path(self.config.slam_map_path).expanduser() if self.config.slam_map_path
+                              else _memory_map_dir())
+        return self._slam_dir
+
+    def _open_slam_map(self, frame: Frame) -> MapDB:
+        if self.slam_map is None:
+            self.slam_map = MapDB.create(
+                self._slam_path(), fingerprint=self.encoder.fingerprint,
+                encoder_config=self.encoder.model_config.to_dict(), bits=self.encoder.bits, dim=self.encoder.dim,
+                frame_id=frame.pose_frame or self.config.slam_frame_id)
+        return self.slam_map
+
+    def save_slam_map(self) -> tuple[Path, int]:
+        """Makes the slam map ready to be loaded as a prebuilt map and proves that it loads.
+
+        Every keyframe is already committed when it is added; this stores the stage-1 index (so a
+        large map starts without retraining it) and reads the map back with full verification.
+        """
+        if self.config.mode == "localization":
+            raise ValueError("mode is localization: the prebuilt map is read-only and there is no slam map")
+        if not self.config.slam_map_path:
+            raise ValueError("map.slam_path is empty: the slam keyframes are kept in a temporary directory "
+                             "that is removed at exit; set map.slam_path to keep them")
+        if self.slam_map is None or self.slam_map.size == 0:
+            raise ValueError(f"no keyframe yet in session {self.session_id}: nothing to save")
+        TwoStageSearcher.from_map(self.slam_map, self.config.search).save_index(self.slam_map)
+        loaded = MapDB.load(self.slam_map.path, expected_fingerprint=self.encoder.fingerprint, verify=True)
+        count = loaded.size
+        loaded.close()
+        return self.slam_map.path, count
+
+    def set_extrinsic(self, camera: str, base_to_camera: np.ndarray) -> None:
+        """The base-to-camera pose of one camera (e.g. looked up from tf), instead of the configured one."""
+        self._extrinsics[camera] = poses.as_pose(base_to_camera, f"base_to_camera of {camera}")
+
+    def extrinsic(self, camera: str) -> np.ndarray:
+        return self._extrinsics.get(camera, np.asarray(self.config.base_to_camera))
+
+    def update_thresholds(self, *, localization: LocalizationConfig, loop_min_score: float,
+                          loop_min_departure: float, loop_min_contrast: float, keyframe: KeyframeConfig,
+                          pose: PoseConfig) -> None:
+        """Thresholds changed at run time take effect on the next frame; each config re-validates
+        itself (dataclass checks), so a bad value raises ValueError and changes nothing."""
+        loop = replace(self.config.loop, min_score=loop_min_score, min_departure=loop_min_departure,
+                       min_contrast=loop_min_contrast)
+        self.config = replace(self.config, localization=localization, loop=loop, keyframe=keyframe, pose=pose)
+        self.keyframes.config = keyframe
+        if self.loop_detector is not None:
+            self.loop_detector.config = loop
 
     def warm_up(self) -> None:
         """Encodes one blank frame, so that the first camera frame does not pay for the backend's
@@ -183,7 +260,7 @@ class Localizer:
             search_ms = (time.perf_counter() - start) * 1e3 / len(frames)
             for r in results:
                 r.search_ms = search_ms
-        if self.slam_map is not None:
+        if self.config.mode != "localization":
             for i, r in enumerate(results):
                 self._slam_step(r, codes[i], desc[i])
         return results
@@ -216,29 +293,39 @@ class Localizer:
             records = self.map.records(ids[: cfg.top_k])
             r.matches = [Match(int(i), float(s), int(h), rec)
                          for i, s, h, rec in zip(ids, scores, hamming, records)]
-            r.accepted = bool(len(ids)) and r.contrast >= cfg.min_contrast and _accepted(ids, scores, cfg)
+            r.margin = _margin(ids, scores, cfg) if len(ids) else None
+            r.accepted = bool(len(ids) and r.contrast >= cfg.min_contrast and scores[0] >= cfg.min_score
+                              and (r.margin is None or r.margin >= cfg.min_margin))
+            if r.accepted and r.matches[0].record.pose is not None:
+                r.pose = estimate_pose(np.asarray(r.matches[0].record.pose), r.margin,
+                                       self.extrinsic(r.frame.camera), self.config.pose)
 
     def _slam_step(self, r: FrameResult, code: np.ndarray, desc: np.ndarray) -> None:
         stamp = (r.frame.stamp_ns or 0) * 1e-9
-        if not self.keyframes.accept(stamp, desc, r.frame.pose):
+        # Odometry gives the base; keyframes keep the camera's pose, the frame the loop edges relate.
+        camera_pose = (poses.compose(poses.as_pose(r.frame.pose), self.extrinsic(r.frame.camera))
+                       if r.frame.pose is not None else None)
+        if not self.keyframes.accept(stamp, desc, camera_pose):
             return
-        pose = tuple(float(x) for x in r.frame.pose) if r.frame.pose is not None else None
         record = PlaceRecord(stamp_ns=r.frame.stamp_ns or 0, source=r.frame.source, camera=r.frame.camera,
-                             pose=pose)
-        (kf_id,) = self.slam_map.append(code[None], desc[None], [record])
+                             pose=None if camera_pose is None else tuple(float(x) for x in camera_pose))
+        (kf_id,) = self._open_slam_map(r.frame).append(code[None], desc[None], [record])
         r.keyframe_id = int(kf_id)
+        r.session_id = self.session_id
+        self._keyframe_frames.append(r.frame.frame_id)
+        geometric = self.config.loop.geometric != "none"
         r.loop = self.loop_detector.update(Keyframe(
-            id=int(kf_id), stamp=stamp, desc=desc, code=code, pose=r.frame.pose,
-            image=r.frame.rgb if self.config.loop.geometric != "none" else None, contrast=r.contrast))
+            id=int(kf_id), stamp=stamp, desc=desc, code=code, pose=camera_pose,
+            image=r.frame.rgb if geometric else None, contrast=r.contrast,
+            camera=r.frame.camera_model if geometric else None, depth=r.frame.depth if geometric else None))
+        if r.loop is not None:
+            r.loop_match_frame = self._keyframe_frames[r.loop.match_id]
 
 
-def _accepted(ids: np.ndarray, scores: np.ndarray, cfg: LocalizationConfig) -> bool:
-    if scores[0] < cfg.min_score:
-        return False
+def _margin(ids: np.ndarray, scores: np.ndarray, cfg: LocalizationConfig) -> float | None:
+    """Best score minus the best score at a place more than ``distinct_places`` ids away."""
     distinct = np.abs(ids - ids[0]) > cfg.distinct_places
-    if not distinct.any():
-        return True
-    return float(scores[0] - scores[distinct][0]) >= cfg.min_margin
+    return float(scores[0] - scores[distinct][0]) if distinct.any() else None
 
 
 def _memory_map_dir() -> Path:

@@ -1,4 +1,5 @@
-"""Pipeline results as the field layout of our ROS messages (PlaceMatchArray, LoopClosure).
+"""Pipeline results as the field layout of our messages (PlaceMatchArray, LoopClosure) and of the
+pose output (geometry_msgs/PoseWithCovarianceStamped).
 
 Plain nested dicts, so that the one mapping from results to messages serves both the live node
 (filled into rclpy messages) and `vpr replay --out-bag` (filled into rosbags messages) without
@@ -10,11 +11,18 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
+from scipy.spatial.transform import Rotation
+
+from vpr_core.loop.relative_pose import NONE as TRANSFORM_NONE
+from vpr_core.loop.relative_pose import UNOBSERVED_VARIANCE
 
 if TYPE_CHECKING:  # the pipeline (and torch) only for type hints
     from vpr_core.localizer import FrameResult, Match
+
+
+# LoopClosure.VERIFICATION_* (msg/LoopClosure.msg); the TRANSFORM_* values are vpr_core.loop.relative_pose's.
+VERIFICATION_NOT_RUN, VERIFICATION_PASSED = 0, 1
 
 
 def time_fields(ns: int) -> dict[str, int]:
@@ -44,27 +52,36 @@ def place_match_array_fields(result: FrameResult, header: dict, map_frame: str, 
 
 
 def loop_closure_fields(result: FrameResult, header: dict) -> dict[str, Any]:
+    """LoopClosure version 2: the edge T_match_query between the two keyframes' camera frames."""
     loop = result.loop
-    fields = {
-        "header": header, "query_id": loop.query_id, "match_id": loop.match_id,
-        "match_stamp": time_fields(round(loop.match_stamp * 1e9)), "score": loop.score,
-        "consistent_count": loop.consistent_count, "verification_run": loop.verified is not None,
-        "verified": bool(loop.verified), "inlier_count": max(int(loop.inliers), 0),
-        "has_transform": loop.rotation is not None and loop.translation_dir is not None,
-        "transform": {"translation": {"x": 0.0, "y": 0.0, "z": 0.0},
-                      "rotation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}},
+    relative = loop.relative
+    kind = relative.kind if relative is not None else TRANSFORM_NONE
+    if relative is None:
+        rotation, translation = np.eye(3), np.zeros(3)
+        covariance = np.diag([UNOBSERVED_VARIANCE] * 6)
+    else:
+        rotation, translation, covariance = relative.rotation, relative.translation, relative.covariance
+    return {
+        "header": header, "session_id": result.session_id, "query_id": loop.query_id,
+        "match_session_id": result.session_id, "match_id": loop.match_id,
+        "match_stamp": time_fields(round(loop.match_stamp * 1e9)),
+        "query_frame_id": header["frame_id"], "match_frame_id": result.loop_match_frame,
+        "score": loop.score, "consistent_count": loop.consistent_count,
+        "verification": VERIFICATION_NOT_RUN if loop.verified is None else VERIFICATION_PASSED,
+        "inlier_count": max(int(loop.inliers), 0), "transform_type": kind,
+        "transform": _transform_fields(rotation, translation),
+        "covariance": [float(v) for v in np.asarray(covariance, dtype=np.float64).reshape(36)],
     }
-    if fields["has_transform"]:
-        fields["transform"] = _transform_fields(loop.rotation, loop.translation_dir)
-    return fields
+
+
+def pose_with_covariance_fields(result: FrameResult, header: dict) -> dict[str, Any]:
+    """geometry_msgs/PoseWithCovarianceStamped of an accepted localization (``result.pose``)."""
+    estimate = result.pose
+    return {"header": header, "pose": {"pose": _pose_fields(estimate.pose),
+                                       "covariance": [float(v) for v in estimate.covariance.reshape(36)]}}
 
 
 def _transform_fields(rotation: np.ndarray, translation: np.ndarray) -> dict[str, Any]:
-    # OpenCV gives the rotation vector; the quaternion follows from its axis and angle.
-    rvec = cv2.Rodrigues(np.asarray(rotation, dtype=np.float64))[0].ravel()
-    angle = float(np.linalg.norm(rvec))
-    axis = rvec / angle if angle > 0 else np.zeros(3)
-    qx, qy, qz = (float(a) * math.sin(angle / 2) for a in axis)
+    qx, qy, qz, qw = (float(q) for q in Rotation.from_matrix(np.asarray(rotation, dtype=np.float64)).as_quat())
     tx, ty, tz = (float(t) for t in translation)
-    return {"translation": {"x": tx, "y": ty, "z": tz},
-            "rotation": {"x": qx, "y": qy, "z": qz, "w": math.cos(angle / 2)}}
+    return {"translation": {"x": tx, "y": ty, "z": tz}, "rotation": {"x": qx, "y": qy, "z": qz, "w": qw}}

@@ -17,6 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 from rosbags.typesys.store import Nodetype
@@ -25,11 +26,13 @@ from tqdm import tqdm
 from vpr_core.build_map import add_encoder_arguments, encoder_config
 from vpr_core.data import Frame, open_source
 from vpr_core.localizer import MODES, FrameResult, LocalizationConfig, Localizer, LocalizerConfig
-from vpr_core.messages import loop_closure_fields, place_match_array_fields, time_fields
+from vpr_core.messages import (loop_closure_fields, place_match_array_fields, pose_with_covariance_fields,
+                                time_fields)
 from vpr_core.cli import run_module
 
 MSG_DIR = Path(__file__).resolve().parents[1] / "msg"
 OUR_MESSAGES = ("PlaceMatch", "PlaceMatchArray", "LoopClosure")
+POSE_TYPE = "geometry_msgs/msg/PoseWithCovarianceStamped"
 
 
 @dataclass
@@ -55,13 +58,17 @@ def result_record(result: FrameResult) -> dict[str, Any]:
         "matches": [{"place_id": m.place_id, "score": m.score, "hamming": m.hamming, "source": m.record.source}
                     for m in result.matches],
         "keyframe_id": result.keyframe_id, "encode_ms": result.encode_ms, "search_ms": result.search_ms,
-        "local_pool": result.local_pool, "loop": None,
+        "local_pool": result.local_pool, "margin": result.margin, "loop": None, "pose": None,
     }
+    if result.pose is not None:
+        record["pose"] = {"pose": result.pose.pose.tolist(),
+                          "covariance_diagonal": result.pose.covariance.diagonal().tolist()}
     if result.loop is not None:
         loop = result.loop
-        record["loop"] = {"query_id": loop.query_id, "match_id": loop.match_id, "score": loop.score,
-                          "consistent_count": loop.consistent_count, "verified": loop.verified,
-                          "inliers": loop.inliers}
+        record["loop"] = {"session_id": result.session_id, "query_id": loop.query_id, "match_id": loop.match_id,
+                          "score": loop.score, "consistent_count": loop.consistent_count,
+                          "verified": loop.verified, "inliers": loop.inliers,
+                          "transform_type": loop.relative.kind if loop.relative is not None else 0}
     return record
 
 
@@ -81,6 +88,7 @@ class ResultBag:
                                                   typestore=self.store),
             "loops": self.writer.add_connection(f"/{node_name}/loop_closures", "vpr_ros/msg/LoopClosure",
                                                 typestore=self.store),
+            "pose": self.writer.add_connection(f"/{node_name}/pose", POSE_TYPE, typestore=self.store),
         }
 
     def build(self, msgtype: str, fields: dict[str, Any]):
@@ -91,19 +99,25 @@ class ResultBag:
             value = fields[name]
             if kind == Nodetype.NAME:
                 value = self.build(detail, value)
-            elif kind == Nodetype.SEQUENCE and detail[0][0] == Nodetype.NAME:
+            elif kind in (Nodetype.ARRAY, Nodetype.SEQUENCE) and detail[0][0] == Nodetype.NAME:
                 value = [self.build(detail[0][1], v) for v in value]
+            elif kind in (Nodetype.ARRAY, Nodetype.SEQUENCE):  # numbers: rosbags wants a numpy array
+                value = np.asarray(value, dtype=detail[0][1][0])
             values[name] = value
         return cls(**values)
 
     def write(self, result: FrameResult, map_frame: str) -> None:
         stamp = result.frame.stamp_ns or 0
-        header = {"stamp": time_fields(stamp), "frame_id": result.frame.camera}
+        header = {"stamp": time_fields(stamp), "frame_id": result.frame.frame_id or result.frame.camera}
         msg = self.build("vpr_ros/msg/PlaceMatchArray", place_match_array_fields(result, header, map_frame, 0.0))
         self.writer.write(self.topics["matches"], stamp, self.store.serialize_cdr(msg, "vpr_ros/msg/PlaceMatchArray"))
         if result.loop is not None:
             msg = self.build("vpr_ros/msg/LoopClosure", loop_closure_fields(result, header))
             self.writer.write(self.topics["loops"], stamp, self.store.serialize_cdr(msg, "vpr_ros/msg/LoopClosure"))
+        if result.pose is not None:
+            msg = self.build(POSE_TYPE, pose_with_covariance_fields(result, {"stamp": time_fields(stamp),
+                                                                             "frame_id": map_frame}))
+            self.writer.write(self.topics["pose"], stamp, self.store.serialize_cdr(msg, POSE_TYPE))
 
     def close(self) -> None:
         self.writer.close()

@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import PoseWithCovarianceStamped
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from vpr_core.messages import loop_closure_fields, place_match_array_fields
+from vpr_core.messages import loop_closure_fields, place_match_array_fields, pose_with_covariance_fields
 from vpr_ros.msg import LoopClosure, PlaceMatchArray
 
 if TYPE_CHECKING:  # the pipeline (and torch) only for type hints
@@ -50,6 +51,12 @@ def place_match_array(result: FrameResult, header: Header, map_frame: str, laten
 
 def loop_closure(result: FrameResult, header: Header) -> LoopClosure:
     return fill(LoopClosure(), loop_closure_fields(result, _header_fields(header)))
+
+
+def pose_with_covariance(result: FrameResult, header: Header, map_frame: str) -> PoseWithCovarianceStamped:
+    """~/pose: stamped like the image, in the map frame."""
+    fields = {"stamp": {"sec": header.stamp.sec, "nanosec": header.stamp.nanosec}, "frame_id": map_frame}
+    return fill(PoseWithCovarianceStamped(), pose_with_covariance_fields(result, fields))
 
 
 def rgb_image(rgb: np.ndarray, header: Header) -> Image:

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rclpy.exceptions import InvalidTopicNameException
 from rclpy.node import Node
+from rclpy.validate_topic_name import validate_topic_name
 
 MODES = ("localization", "slam", "both")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -37,20 +39,68 @@ def _between(low: float, high: float) -> Callable[[Any], str | None]:
     return lambda v: None if (math.isfinite(v) and low <= v <= high) else f"must be in [{low}, {high}]"
 
 
+def _topic_problem(topic: str) -> str | None:
+    try:
+        validate_topic_name(topic)
+    except InvalidTopicNameException as exc:
+        return f"has an invalid topic name {topic!r} ({str(exc).splitlines()[0]})"
+    return None
+
+
 def _topics(v: list[str]) -> str | None:
     if not v or any(not t or not isinstance(t, str) for t in v):
         return "must list at least one non-empty topic name"
     if len(set(v)) != len(v):
         return "lists a topic twice"
+    return next(filter(None, map(_topic_problem, v)), None)
+
+
+def _none_or_topics(v: list[str]) -> str | None:
+    if v == ["none"]:
+        return None
+    return next(filter(None, (_topic_problem(t) for t in v if t)), None)
+
+
+def _auto_none_or_topics(v: list[str]) -> str | None:
+    return None if v == ["auto"] else _none_or_topics(v)
+
+
+def _intrinsics(v: list[float]) -> str | None:
+    if len(v) != 4 or not all(math.isfinite(x) for x in v):
+        return "must be 4 finite numbers fx, fy, cx, cy (all zeros: from CameraInfo)"
+    if any(v) and (v[0] <= 0 or v[1] <= 0):
+        return "must have fx > 0 and fy > 0 (or be all zeros: from CameraInfo)"
     return None
+
+
+def _pose7(v: list[float]) -> str | None:
+    if len(v) != 7 or not all(math.isfinite(x) for x in v):
+        return "must be 7 finite numbers x y z qx qy qz qw"
+    if math.sqrt(sum(q * q for q in v[3:])) < 1e-6:
+        return "has a zero quaternion; the identity is [0, 0, 0, 0, 0, 0, 1]"
+    return None
+
+
+def _frame_name(v: str) -> str | None:
+    if not v or v.startswith("/") or any(c.isspace() for c in v):
+        return "must be a tf frame name: not empty, no leading '/', no spaces"
+    return None
+
+
+def _frame_name_or_empty(v: str) -> str | None:
+    return None if v == "" else _frame_name(v)
 
 
 @dataclass(frozen=True)
 class Spec:
+    """One parameter. ``dynamic`` ones can be changed at run time (``ros2 param set``), through the
+    same checks; the others are declared read-only."""
+
     name: str
     default: Any
     description: str
     check: Callable[[Any], str | None] | None = None
+    dynamic: bool = False
 
 
 _TYPES = {
@@ -59,16 +109,35 @@ _TYPES = {
     float: ParameterType.PARAMETER_DOUBLE,
     str: ParameterType.PARAMETER_STRING,
 }
+_ARRAY_TYPES = {str: ParameterType.PARAMETER_STRING_ARRAY, float: ParameterType.PARAMETER_DOUBLE_ARRAY}
+
+
+def _kind(default: Any) -> int:
+    return _ARRAY_TYPES[type(default[0])] if isinstance(default, list) else _TYPES[type(default)]
+
 
 SPECS: tuple[Spec, ...] = (
-    Spec("image_topics", ["/camera/image_raw"],
+    Spec("image_topics", ["camera/image_raw"],
          "Camera topics to localize. A name ending in /compressed is read as sensor_msgs/CompressedImage, "
-         "any other as sensor_msgs/Image.", _topics),
+         "any other as sensor_msgs/Image. Relative names resolve in the node's namespace.", _topics),
+    Spec("camera_info_topics", ["auto"],
+         "sensor_msgs/CameraInfo per camera, for the geometric verification's relative poses: 'auto' = the "
+         "sibling camera_info of each image topic (camera/image_raw -> camera/camera_info), 'none' = no "
+         "CameraInfo, or one topic per image topic ('' for a camera without).", _auto_none_or_topics),
+    Spec("camera.intrinsics", [0.0, 0.0, 0.0, 0.0],
+         "Fixed pinhole intrinsics fx, fy, cx, cy (pixels of the published images, no distortion) for every "
+         "camera; all zeros = from CameraInfo.", _intrinsics),
+    Spec("depth_topics", ["none"],
+         "Depth images registered to each camera's images (sensor_msgs/Image 16UC1 millimetres or 32FC1 "
+         "metres, same size and intrinsics): 'none', or one topic per image topic ('' for a camera without). "
+         "With depth, slam-mode loop closures carry METRIC transforms.", _none_or_topics),
+    Spec("depth.max_time_diff_s", 0.05, "Largest stamp difference between an image and the depth image used "
+         "with it.", _between(0.0, 10.0)),
     Spec("qos", "sensor_data", "QoS of the image subscriptions: sensor_data (best effort) or reliable.",
          _one_of(QOS_PROFILES)),
     Spec("qos_depth", 5, "History depth of the image subscriptions.", _at_least(1)),
     Spec("max_rate_hz", 0.0, "Per-camera frame-rate limit; 0 processes every frame the worker can take.",
-         _at_least(0.0)),
+         _at_least(0.0), dynamic=True),
     Spec("mode", "localization",
          "localization: match against the prebuilt map (read-only). slam: build a map of keyframes and "
          "detect loop closures. both: do both.", _one_of(MODES)),
@@ -92,9 +161,11 @@ SPECS: tuple[Spec, ...] = (
          "re-ranking of the best matches against the patches stored in the map (add them with `vpr add-local`). "
          "Empty: binary + float search only."),
     Spec("map.path", "", "Prebuilt map database directory (required in localization and both modes)."),
-    Spec("map.slam_path", "", "Where slam mode keeps its incremental map; empty keeps it in memory only."),
-    Spec("map.save_on_shutdown", True, "Save the slam map on clean shutdown (needs map.slam_path)."),
-    Spec("search.top_k", 5, "Matches published per query.", _at_least(1)),
+    Spec("map.slam_path", "",
+         "Directory of the slam map (slam and both modes). Every keyframe is committed to it when it is "
+         "added; an existing map there is renamed to <path>.<time> at start and at ~/reset. Empty keeps the "
+         "keyframes in a temporary directory removed at exit (~/save_map then refuses)."),
+    Spec("search.top_k", 5, "Matches published per query.", _at_least(1), dynamic=True),
     Spec("search.rerank_k", 100, "Largest pool of binary-code candidates re-ranked by float descriptors.",
          _at_least(1)),
     Spec("search.adaptive", True, "Size the re-rank pool per query from the Hamming distance distribution."),
@@ -104,67 +175,126 @@ SPECS: tuple[Spec, ...] = (
     Spec("search.local_max_candidates", 20, "Local stage: most matches re-ranked per query.", _at_least(1)),
     Spec("search.local_weight", 0.5, "Local stage: weight of the local score against the global cosine.",
          _between(0.0, 1.0)),
-    Spec("localization.min_score", 0.5, "Cosine score the best match needs to be accepted.", _between(-1.0, 1.0)),
+    Spec("localization.min_score", 0.5, "Cosine score the best match needs to be accepted.", _between(-1.0, 1.0),
+         dynamic=True),
     Spec("localization.min_margin", 0.02,
-         "Score margin the best match needs over the best match at a distinct place.", _between(0.0, 2.0)),
+         "Score margin the best match needs over the best match at a distinct place.", _between(0.0, 2.0),
+         dynamic=True),
     Spec("localization.distinct_places", 5,
          "Map places within this many ids of the best match count as the same place for the margin test.",
-         _at_least(0)),
+         _at_least(0), dynamic=True),
     Spec("localization.min_contrast", 0.03,
          "A frame whose RMS grey contrast is below this (dark, blank) is never accepted. Chosen on the "
-         "Nordland-tiny development section, above its black tunnel frames (0.012-0.02).", _between(0.0, 1.0)),
-    Spec("keyframe.min_interval_s", 0.5, "slam: least time between two keyframes.", _at_least(0.0)),
+         "Nordland-tiny development section, above its black tunnel frames (0.012-0.02).", _between(0.0, 1.0),
+         dynamic=True),
+    Spec("pose.position_std_m", 2.0, "~/pose: position standard deviation of a clear match (the map's place "
+         "spacing and route width).", _between(1e-6, 1e6), dynamic=True),
+    Spec("pose.rotation_std_deg", 15.0, "~/pose: rotation standard deviation of a clear match.",
+         _between(1e-6, 180.0), dynamic=True),
+    Spec("pose.full_margin", 0.1, "~/pose: score margin at and above which the standard deviations are not "
+         "widened; below it they are multiplied by full_margin / margin.", _between(1e-6, 2.0), dynamic=True),
+    Spec("pose.max_widening", 10.0, "~/pose: largest factor on the standard deviations of a weak match.",
+         _between(1.0, 1e6), dynamic=True),
+    Spec("keyframe.min_interval_s", 0.5, "slam: least time between two keyframes.", _at_least(0.0), dynamic=True),
     Spec("keyframe.min_distance_m", 0.0, "slam: least travel between keyframes when odometry is given.",
-         _at_least(0.0)),
+         _at_least(0.0), dynamic=True),
     Spec("keyframe.max_similarity", 0.98,
          "slam: a frame whose cosine to the last keyframe is above this is not a new keyframe.",
-         _between(-1.0, 1.0)),
-    Spec("odom_topic", "", "Optional nav_msgs/Odometry topic; keyframe poses come from the nearest stamp."),
+         _between(-1.0, 1.0), dynamic=True),
+    Spec("odom_topic", "", "Optional nav_msgs/Odometry topic: slam keyframe poses, interpolated between the two "
+         "messages around the image stamp; the slam map takes the odometry's header.frame_id."),
+    Spec("frames.map", "", "Frame of ~/pose; empty takes the prebuilt map's frame, otherwise it must equal it.",
+         _frame_name_or_empty),
+    Spec("frames.odom", "odom", "Frame of the slam keyframes' poses until an odometry message names one.",
+         _frame_name),
+    Spec("frames.base", "base_link", "The robot's base frame: ~/pose is its pose, the odometry its motion, and "
+         "the tf lookup of the camera starts from it.", _frame_name),
+    Spec("frames.base_to_camera", [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0],
+         "Pose of the camera (optical frame) in frames.base: x y z qx qy qz qw. Used when tf has no "
+         "transform (or frames.use_tf is false); the identity takes the camera as the base.", _pose7),
+    Spec("frames.use_tf", True, "Look the camera's pose in frames.base up from tf (frames.base -> the image's "
+         "frame_id) where tf2_ros is installed; frames.base_to_camera otherwise."),
     Spec("loop.exclude_recent_frames", 20, "Keyframes just before the query that never count as a loop.",
          _at_least(0)),
     Spec("loop.exclude_recent_seconds", 10.0, "Seconds before the query that never count as a loop.",
          _at_least(0.0)),
     Spec("loop.min_score", 0.65, "Cosine score a loop candidate needs. Chosen for the shipped heads on the "
          "Nordland-tiny development section: the lowest 0.01 step above its every false closure (README).",
-         _between(-1.0, 1.0)),
+         _between(-1.0, 1.0), dynamic=True),
     Spec("loop.min_departure", 0.35,
          "A loop needs a keyframe between match and query scoring this much below the match: the robot left "
-         "the place (0 disables). Chosen on the Nordland-tiny development section (README).", _between(0.0, 2.0)),
+         "the place (0 disables). Chosen on the Nordland-tiny development section (README).", _between(0.0, 2.0),
+         dynamic=True),
     Spec("loop.min_contrast", 0.03,
          "A keyframe whose RMS grey contrast is below this neither closes a loop nor is found as one "
-         "(chosen as localization.min_contrast).", _between(0.0, 1.0)),
+         "(chosen as localization.min_contrast).", _between(0.0, 1.0), dynamic=True),
     Spec("loop.consistency_k", 2, "A loop is published after k of the last n queries agree; 1 disables it.",
          _at_least(1)),
     Spec("loop.consistency_n", 3, "Window n of the consistency check.", _at_least(1)),
-    Spec("loop.geometric", "none", "Geometric verification: none, orb or sift.", _one_of(GEOMETRIC)),
-    Spec("loop.min_inliers", 30, "Inliers the geometric verification needs.", _at_least(1)),
+    Spec("loop.geometric", "none", "Geometric verification: none, orb or sift. With intrinsics (CameraInfo or "
+         "camera.intrinsics) it also measures the loop's relative pose.", _one_of(GEOMETRIC)),
+    Spec("loop.min_inliers", 30, "Inliers the geometric verification needs.", _at_least(5)),
     Spec("publish_debug_image", False, "Publish ~/debug_image (rgb8): the query with the best place, its name, "
          "score and decision written under it (the map keeps no images)."),
     Spec("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", _between(0.05, 3600.0)),
 )
 
 
+SPEC_BY_NAME = {spec.name: spec for spec in SPECS}
+
+
 def declare(node: Node) -> dict[str, Any]:
     """Declares every parameter with its descriptor and returns the validated values.
 
     Raises ParameterError naming the first bad parameter and what to change; nothing is started
-    before this returns.
+    before this returns. Parameters that cannot change after start are declared read-only, so
+    `ros2 param set` refuses them with rclpy's own message.
     """
     values: dict[str, Any] = {}
     for spec in SPECS:
-        kind = _TYPES[type(spec.default)] if not isinstance(spec.default, list) else ParameterType.PARAMETER_STRING_ARRAY
-        descriptor = ParameterDescriptor(description=spec.description, type=kind)
+        descriptor = ParameterDescriptor(description=spec.description, type=_kind(spec.default),
+                                         read_only=not spec.dynamic)
         try:
             value = node.declare_parameter(spec.name, spec.default, descriptor).value
         except Exception as exc:  # rclpy raises several types for a value of the wrong type
-            raise ParameterError(f"parameter '{spec.name}': {exc}; expected {type(spec.default).__name__}, "
+            raise ParameterError(f"parameter '{spec.name}': {exc}; expected {_type_name(spec.default)}, "
                                  f"e.g. {spec.default!r}") from exc
-        problem = spec.check(value) if spec.check else None
-        if problem:
-            raise ParameterError(f"parameter '{spec.name}' = {value!r} {problem}")
-        values[spec.name] = value
+        values[spec.name] = list(value) if isinstance(spec.default, list) else value
+    for name, value in values.items():
+        _check_one(name, value)
     _check_together(values)
     return values
+
+
+def checked_change(values: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The parameter set after ``changes`` (run-time `ros2 param set`), validated by the same rules as
+    at start; raises ParameterError with the reason, and then nothing changes."""
+    new = dict(values)
+    for name, value in changes.items():
+        spec = SPEC_BY_NAME.get(name)
+        if spec is None:
+            continue  # rclpy's own parameters (use_sim_time, ...)
+        if not spec.dynamic:
+            raise ParameterError(f"parameter '{name}' cannot change while the node runs; restart it with the new value")
+        if isinstance(spec.default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(spec.default) and not isinstance(spec.default, list):
+            raise ParameterError(f"parameter '{name}' = {value!r} must be a {_type_name(spec.default)}")
+        new[name] = list(value) if isinstance(spec.default, list) else value
+        _check_one(name, new[name])
+    _check_together(new)
+    return new
+
+
+def _check_one(name: str, value: Any) -> None:
+    spec = SPEC_BY_NAME[name]
+    problem = spec.check(value) if spec.check else None
+    if problem:
+        raise ParameterError(f"parameter '{name}' = {value!r} {problem}")
+
+
+def _type_name(default: Any) -> str:
+    return f"list of {type(default[0]).__name__}" if isinstance(default, list) else type(default).__name__
 
 
 def _check_together(v: dict[str, Any]) -> None:
@@ -173,7 +303,7 @@ def _check_together(v: dict[str, Any]) -> None:
         if not v["map.path"]:
             raise ParameterError(f"parameter 'map.path' is empty but mode is '{v['mode']}': give the directory "
                                  "of a map built with `vpr build-map`, or set mode to 'slam'")
-        if not (Path(v["map.path"]) / "manifest.json").is_file():
+        if not (Path(v["map.path"]).expanduser() / "manifest.json").is_file():
             raise ParameterError(f"parameter 'map.path' = '{v['map.path']}' is not a map database (no "
                                  "manifest.json there); build one with `vpr build-map`")
     for name, what in (("model.checkpoint", "a checkpoint directory written by `vpr train`, or '' for the "
@@ -197,9 +327,11 @@ def _check_together(v: dict[str, Any]) -> None:
     if v["loop.consistency_k"] > v["loop.consistency_n"]:
         raise ParameterError(f"parameter 'loop.consistency_k' = {v['loop.consistency_k']} is larger than "
                              f"'loop.consistency_n' = {v['loop.consistency_n']}")
-    if v["map.save_on_shutdown"] and v["mode"] != "localization" and not v["map.slam_path"]:
-        raise ParameterError("parameter 'map.save_on_shutdown' is true but 'map.slam_path' is empty: give a "
-                             "directory for the slam map or set map.save_on_shutdown to false")
+    cameras = len(v["image_topics"])
+    for name, keyword in (("camera_info_topics", "auto"), ("depth_topics", "none")):
+        if v[name] not in ([keyword], ["none"]) and len(v[name]) != cameras:
+            raise ParameterError(f"parameter '{name}' = {v[name]!r} must be ['{keyword}'] or list one topic per "
+                                 f"image topic ({cameras}; '' for a camera without)")
 
 
 def _find_checkpoint(path: str) -> Path | None:
@@ -218,35 +350,50 @@ def _find_checkpoint(path: str) -> Path | None:
     return next((root / candidate for root in roots if (root / candidate).exists()), None)
 
 
+def thresholds(v: dict[str, Any]) -> dict[str, Any]:
+    """The run-time-changeable part of the configuration, as `Localizer.update_thresholds` takes it."""
+    from vpr_core.keyframes import KeyframeConfig
+    from vpr_core.localization_pose import PoseConfig
+    from vpr_core.localizer import LocalizationConfig
+
+    return {
+        "localization": LocalizationConfig(top_k=v["search.top_k"], min_score=v["localization.min_score"],
+                                           min_margin=v["localization.min_margin"],
+                                           distinct_places=v["localization.distinct_places"],
+                                           min_contrast=v["localization.min_contrast"]),
+        "loop_min_score": v["loop.min_score"], "loop_min_departure": v["loop.min_departure"],
+        "loop_min_contrast": v["loop.min_contrast"],
+        "keyframe": KeyframeConfig(min_interval_s=v["keyframe.min_interval_s"],
+                                   min_distance_m=v["keyframe.min_distance_m"],
+                                   max_similarity=v["keyframe.max_similarity"]),
+        "pose": PoseConfig(position_std_m=v["pose.position_std_m"], rotation_std_deg=v["pose.rotation_std_deg"],
+                           full_margin=v["pose.full_margin"], max_widening=v["pose.max_widening"]),
+    }
+
+
 def localizer_config(v: dict[str, Any]):
     """The validated parameters as the pipeline's configuration (the node's only translation step)."""
     from vpr_core.engine import EncoderConfig
-    from vpr_core.keyframes import KeyframeConfig
-    from vpr_core.localizer import LocalizationConfig, LocalizerConfig
+    from vpr_core.localizer import LocalizerConfig
     from vpr_core.loop import LoopConfig
     from vpr_core.search import SearchConfig
     from vpr_core.search.local_rerank import LocalRerankConfig
 
+    t = thresholds(v)
     search = SearchConfig(candidates=v["search.rerank_k"], max_candidates=v["search.rerank_k"],
                           adaptive=v["search.adaptive"], threads=v["search.threads"])
     return LocalizerConfig(
-        mode=v["mode"], map_path=v["map.path"], slam_map_path=v["map.slam_path"],
+        mode=v["mode"], map_path=str(Path(v["map.path"]).expanduser()) if v["map.path"] else "",
+        slam_map_path=v["map.slam_path"],
         encoder=EncoderConfig(preset=v["model.preset"], checkpoint=v["model.checkpoint"],
                               backbone_weights=v["model.backbone_weights"], backend=v["model.backend"],
                               max_batch=v["model.max_batch"], threads=v["model.threads"],
                               cache_dir=v["model.engine_cache_dir"]),
-        search=search,
-        localization=LocalizationConfig(top_k=v["search.top_k"], min_score=v["localization.min_score"],
-                                        min_margin=v["localization.min_margin"],
-                                        distinct_places=v["localization.distinct_places"],
-                                        min_contrast=v["localization.min_contrast"]),
-        keyframe=KeyframeConfig(min_interval_s=v["keyframe.min_interval_s"],
-                                min_distance_m=v["keyframe.min_distance_m"],
-                                max_similarity=v["keyframe.max_similarity"]),
+        search=search, localization=t["localization"], keyframe=t["keyframe"], pose=t["pose"],
         loop=LoopConfig(exclude_recent_frames=v["loop.exclude_recent_frames"],
                         exclude_recent_seconds=v["loop.exclude_recent_seconds"],
-                        min_score=v["loop.min_score"], min_departure=v["loop.min_departure"],
-                        min_contrast=v["loop.min_contrast"],
+                        min_score=t["loop_min_score"], min_departure=t["loop_min_departure"],
+                        min_contrast=t["loop_min_contrast"],
                         consistency_k=v["loop.consistency_k"],
                         consistency_n=v["loop.consistency_n"], geometric=v["loop.geometric"],
                         min_inliers=v["loop.min_inliers"], search=SearchConfig(threads=v["search.threads"])),
@@ -254,4 +401,5 @@ def localizer_config(v: dict[str, Any]):
         local_branch=v["model.local_branch"],
         local_rerank=LocalRerankConfig(margin=v["search.local_margin"], max_candidates=v["search.local_max_candidates"],
                                        local_weight=v["search.local_weight"]),
+        base_to_camera=tuple(v["frames.base_to_camera"]), slam_frame_id=v["frames.odom"],
     )

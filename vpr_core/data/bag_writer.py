@@ -165,7 +165,36 @@ class GpsStream:
         return out
 
 
-Stream = ImageStream | PoseStream | GpsStream
+@dataclass
+class CameraInfoStream:
+    """sensor_msgs/CameraInfo of a pinhole camera (fx fy cx cy, ``distortion`` as plumb_bob D), one
+    message per stamp, as a camera driver publishes beside its images."""
+
+    topic: str
+    intrinsics: tuple[float, float, float, float]
+    size: tuple[int, int]  # (width, height)
+    stamps_ns: Sequence[int]
+    distortion: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
+    frame_id: str = "camera"
+    msgtype = "sensor_msgs/msg/CameraInfo"
+
+    def messages(self, ts: Typestore) -> list[tuple[int, Any]]:
+        fx, fy, cx, cy = (float(v) for v in self.intrinsics)
+        k = np.array([fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0])
+        p = np.array([fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+        roi = ts.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0,
+                                                           do_rectify=False)
+        out = []
+        for stamp in self.stamps_ns:
+            msg = ts.types[self.msgtype](
+                header=make_header(ts, int(stamp), self.frame_id), height=self.size[1], width=self.size[0],
+                distortion_model="plumb_bob", d=np.asarray(self.distortion, dtype=np.float64), k=k,
+                r=np.eye(3).reshape(9), p=p, binning_x=0, binning_y=0, roi=roi)
+            out.append((int(stamp), msg))
+        return out
+
+
+Stream = ImageStream | PoseStream | GpsStream | CameraInfoStream
 
 
 def write_bag(path: Path, streams: Sequence[Stream], *, storage: str = "mcap") -> Path:

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from vpr_core.loop.relative_pose import CameraModel
 
 
 class DataError(ValueError):
@@ -23,7 +26,11 @@ class Frame:
 
     ``pose`` is float64 ``[x, y, z, qx, qy, qz, qw]`` in the frame of the odometry or pose topic it
     came from; ``utm`` is ``(east, north)`` in metres, as given by benchmark file names; ``latlon``
-    is in degrees (WGS84). Each is None when the source does not say.
+    is in degrees (WGS84). Each is None when the source does not say. ``pose_frame`` names the frame
+    of ``pose`` ("" when the source does not say); ``frame_id`` is the camera's frame (the image
+    header's). ``camera_model`` holds the intrinsics where known (CameraInfo or fixed), and ``depth``
+    a depth image registered to ``rgb`` (uint16 millimetres or float32 metres), both only used by
+    the geometric verification of loop closures.
     """
 
     index: int
@@ -35,6 +42,10 @@ class Frame:
     pose: np.ndarray | None = None
     latlon: tuple[float, float] | None = None
     utm: tuple[float, float] | None = None
+    pose_frame: str = ""
+    frame_id: str = ""
+    camera_model: CameraModel | None = None
+    depth: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         # Checked here, once, so that every consumer may rely on the contract of the encoder input.

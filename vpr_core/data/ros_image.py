@@ -68,3 +68,27 @@ def raw_to_rgb(msg: Any) -> np.ndarray:
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise DataError(f"Image encoding {encoding!r} did not convert to 3-channel RGB (got {rgb.shape})")
     return rgb
+
+
+DEPTH_ENCODINGS = {"16UC1": (np.uint16, 1e-3), "mono16": (np.uint16, 1e-3), "32FC1": (np.float32, 1.0)}
+
+
+def depth_msg_to_metres(msg: Any) -> np.ndarray:
+    """A depth Image (16UC1 / mono16 millimetres, REP-118's 32FC1 metres) as float32 ``[H, W]``
+    metres, NaN where the sensor had no reading (0, NaN or infinite)."""
+    height, width, step, encoding = int(msg.height), int(msg.width), int(msg.step), str(msg.encoding)
+    if encoding not in DEPTH_ENCODINGS:
+        raise DataError(f"depth Image encoding {encoding!r} is not one of {', '.join(DEPTH_ENCODINGS)}")
+    dtype, scale = DEPTH_ENCODINGS[encoding]
+    if height <= 0 or width <= 0:
+        raise DataError(f"depth Image has no pixels ({width}x{height})")
+    row_bytes = width * np.dtype(dtype).itemsize
+    data = np.frombuffer(msg.data, dtype=np.uint8)
+    if step < row_bytes or data.size != step * height:
+        raise DataError(f"depth Image has {data.size} bytes with step {step}; expected step >= {row_bytes} and "
+                        f"step x height {height} bytes")
+    rows = data.reshape(height, step)[:, :row_bytes]
+    order = ">" if msg.is_bigendian else "<"
+    values = np.ascontiguousarray(rows).view(np.dtype(dtype).newbyteorder(order)).astype(np.float32) * scale
+    values[~np.isfinite(values) | (values <= 0)] = np.nan
+    return values

@@ -1,9 +1,11 @@
 """Reader for rosbag2 (sqlite3, mcap) and ROS 1 bags, through ``rosbags`` (no ROS installation needed).
 
 Frames come from sensor_msgs/Image or CompressedImage topics in bag order. Each frame gets the pose
-(nav_msgs/Odometry, geometry_msgs/PoseStamped or PoseWithCovarianceStamped) and the position
-(sensor_msgs/NavSatFix) nearest to it in time, or none when the nearest is more than ``max_gap_s``
-away: a stale pose would put a place in the map at the wrong spot, which is worse than no pose.
+(nav_msgs/Odometry, geometry_msgs/PoseStamped or PoseWithCovarianceStamped) interpolated between the
+two pose messages around its stamp, and the position (sensor_msgs/NavSatFix) nearest to it in time;
+none when the pose messages around it are more than 2 * ``max_gap_s`` apart or the nearest fix is
+more than ``max_gap_s`` away: a stale pose would put a place in the map at the wrong spot, which is
+worse than no pose.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from rosbags.typesys import Stores, get_typestore
 
 from vpr_core.data.frame import DataError, Frame
 from vpr_core.data.ros_image import image_msg_to_rgb
+from vpr_core.poses import interpolate
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 POSE_TYPES = (
@@ -62,6 +65,7 @@ class Track:
     topic: str
     stamps_ns: np.ndarray
     values: np.ndarray
+    frame_id: str = ""  # header.frame_id of the topic's first message
 
     def nearest(self, stamp_ns: int, max_gap_ns: int) -> np.ndarray | None:
         if self.stamps_ns.size == 0:
@@ -72,6 +76,12 @@ class Track:
         if abs(int(self.stamps_ns[best]) - stamp_ns) > max_gap_ns:
             return None
         return self.values[best]
+
+    def interpolate(self, stamp_ns: int, max_gap_ns: int) -> np.ndarray | None:
+        """The pose at ``stamp_ns`` (values are x y z qx qy qz qw) between its two neighbours, which
+        may be up to 2 * ``max_gap_ns`` apart; the nearest within ``max_gap_ns`` past either end."""
+        return interpolate(self.stamps_ns, self.values, stamp_ns, max_span_ns=2 * max_gap_ns,
+                           max_extrapolation_ns=max_gap_ns)
 
 
 def open_source(path: Path, config: Config) -> BagSource:
@@ -122,7 +132,7 @@ class BagSource:
                         raise DataError(problem) from None
                     self.skipped.append(problem)
                     continue
-                pose = self.pose_track.nearest(stamp, max_gap_ns) if self.pose_track else None
+                pose = self.pose_track.interpolate(stamp, max_gap_ns) if self.pose_track else None
                 latlon = self.gps_track.nearest(stamp, max_gap_ns) if self.gps_track else None
                 yield Frame(
                     index=index,
@@ -132,6 +142,8 @@ class BagSource:
                     camera=topic,
                     stamp_ns=stamp,
                     pose=None if pose is None else pose.copy(),
+                    pose_frame=self.pose_track.frame_id if pose is not None else "",
+                    frame_id=getattr(getattr(msg, "header", None), "frame_id", ""),
                     latlon=None if latlon is None else (float(latlon[0]), float(latlon[1])),
                 )
                 index += 1
@@ -203,7 +215,7 @@ class BagSource:
                 f"bag {self.path}: {option} {wanted!r} is {self.topic_types[wanted]}, "
                 f"expected one of {', '.join(types)}"
             )
-        stamps, rows = [], []
+        stamps, rows, frame_id = [], [], ""
         connections = [c for c in reader.connections if c.topic == wanted]
         for connection, log_ns, raw in reader.messages(connections=connections):
             try:
@@ -211,6 +223,7 @@ class BagSource:
             except AnyReaderError as err:
                 raise DataError(f"bag {self.path}: topic {wanted}, bag time {log_ns} ns: {err}") from None
             row = values(msg)
+            frame_id = frame_id or getattr(getattr(msg, "header", None), "frame_id", "")
             if row is not None:
                 stamps.append(self._stamp(msg, log_ns))
                 rows.append(row)
@@ -219,6 +232,7 @@ class BagSource:
             topic=wanted,
             stamps_ns=np.array(stamps, dtype=np.int64)[order],
             values=np.array(rows, dtype=np.float64).reshape(-1, width)[order],
+            frame_id=frame_id,
         )
 
     def _stamp(self, msg: Any, log_ns: int) -> int:

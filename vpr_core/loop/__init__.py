@@ -1,5 +1,6 @@
 """Loop-closure detection over a stream of keyframes (see ``detector``), with optional two-view
-geometric verification (see ``geometry``, also usable on its own) and the image contrast that keeps
+geometric verification (see ``geometry``, also usable on its own), the relative pose of a closure
+with its covariance (see ``relative_pose``) and the image contrast that keeps
 frames showing next to nothing out (see ``contrast``)."""
 
 from vpr_core.loop.contrast import image_contrast
@@ -19,9 +20,29 @@ from vpr_core.loop.geometry import (
     verify_features,
     verify_pair,
 )
+from vpr_core.loop.relative_pose import (
+    METRIC,
+    NONE,
+    ROTATION_ONLY,
+    UNOBSERVED_VARIANCE,
+    UP_TO_SCALE,
+    CameraModel,
+    RelativePose,
+    RelativePoseConfig,
+    estimate_relative_pose,
+)
 
 __all__ = [
     "GATES",
+    "METRIC",
+    "NONE",
+    "ROTATION_ONLY",
+    "UNOBSERVED_VARIANCE",
+    "UP_TO_SCALE",
+    "CameraModel",
+    "RelativePose",
+    "RelativePoseConfig",
+    "estimate_relative_pose",
     "Features",
     "GeometryConfig",
     "GeometryResult",

@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from vpr_core.loop.geometry import Features, GeometryConfig, extract_features, verify_features
+from vpr_core.loop.relative_pose import CameraModel, RelativePose
 from vpr_core.search import SearchConfig, TwoStageSearcher
 
 __all__ = ["GATES", "Keyframe", "LoopCandidate", "LoopConfig", "LoopDetector", "LoopRecord"]
@@ -86,9 +87,10 @@ class LoopConfig:
     and kept out of the searched keyframes; keyframes of unknown contrast (None) pass. 0 disables it.
 
     Geometric verification (``geometric`` = "orb" or "sift"; "none" skips it, and keyframes then need
-    no image): see ``vpr_core.loop.geometry``. With ``intrinsics`` (fx, fy, cx, cy of the keyframe
-    images) the essential matrix is used and the candidate carries the relative rotation and
-    translation direction.
+    no image): see ``vpr_core.loop.geometry``. When the keyframes have a camera model
+    (``Keyframe.camera``, else ``intrinsics`` = fx, fy, cx, cy of the keyframe images) the candidate
+    carries the relative pose T_match_query (``LoopCandidate.relative``), metric when a keyframe
+    has a registered depth image.
 
     Defaults: the recent-past exclusion, min_score, min_departure, consistency and min_inliers equal
     the node's parameter file (``config/localize.yaml``). min_contrast (above the black tunnel frames)
@@ -161,6 +163,10 @@ class Keyframe:
     ``pose`` is x y z qx qy qz qw (only the position is used, for travelled distance); ``image`` is
     RGB uint8 [H, W, 3] and is needed only with geometric verification; ``contrast`` is
     ``vpr_core.loop.contrast.image_contrast`` of the image (None: unknown, never rejected).
+    ``camera`` is the model of the image's pixels (None: ``LoopConfig.intrinsics``); ``depth`` a
+    depth image registered to it (same size, uint16 mm or float m, 0/NaN unknown), which makes the
+    relative pose of a loop closed with this keyframe metric. Features keep one depth per keypoint,
+    not the image.
     """
 
     id: int
@@ -170,15 +176,19 @@ class Keyframe:
     pose: np.ndarray | None = None
     image: np.ndarray | None = None
     contrast: float | None = None
+    camera: CameraModel | None = None
+    depth: np.ndarray | None = None
 
 
 @dataclass
 class LoopCandidate:
     """A loop closure from ``query_id`` (the new keyframe) to the older ``match_id``.
 
-    ``rotation`` and ``translation_dir`` (with intrinsics only) map the query camera frame onto the
-    match camera frame: X_match = rotation @ X_query + s * translation_dir, s > 0 unknown.
-    ``verified`` is None when geometric verification is off.
+    ``relative`` is T_match_query, the pose of the query keyframe's camera in the matched keyframe's
+    camera frame: X_match = relative.rotation @ X_query + relative.translation (OpenCV optical
+    frames), with its kind (METRIC, UP_TO_SCALE, ROTATION_ONLY) and 6x6 covariance in the match
+    camera's frame; see ``vpr_core.loop.relative_pose``. It is None without cameras or without
+    geometric verification. ``verified`` is None when geometric verification is off.
     """
 
     query_id: int
@@ -188,8 +198,7 @@ class LoopCandidate:
     consistent_count: int
     verified: bool | None
     inliers: int
-    rotation: np.ndarray | None = None
-    translation_dir: np.ndarray | None = None
+    relative: RelativePose | None = None
 
 
 @dataclass
@@ -284,7 +293,11 @@ class LoopDetector:
 
     def _update(self, kf: Keyframe) -> LoopCandidate | None:
         code, desc, position, contrast = self._validate(kf)
-        features = extract_features(kf.image, self._geometry) if self._geometry else None
+        features = (
+            extract_features(kf.image, self._geometry, camera=kf.camera, depth_image=kf.depth)
+            if self._geometry
+            else None
+        )
         stamp = float(kf.stamp)
 
         index = len(self._ids)
@@ -366,6 +379,8 @@ class LoopDetector:
                 f"keyframe {kf_id} has no image, but LoopConfig.geometric="
                 f"{self.config.geometric!r} needs one for every keyframe"
             )
+        if kf.camera is not None and not isinstance(kf.camera, CameraModel):
+            raise TypeError(f"keyframe {kf_id}: camera must be a CameraModel, got {type(kf.camera).__name__}")
         contrast = None
         if kf.contrast is not None:
             contrast = float(kf.contrast)
@@ -465,11 +480,10 @@ class LoopDetector:
             record.rejected_by = "rate"
             return None
 
-        verified, inliers, rotation, direction = None, 0, None, None
+        verified, inliers, relative = None, 0, None
         if self._geometry is not None:
             geo = verify_features(features, self._features[match], self._geometry)
-            verified, inliers = geo.verified, geo.inliers
-            rotation, direction = geo.rotation, geo.translation_dir
+            verified, inliers, relative = geo.verified, geo.inliers, geo.relative
             record.inliers = inliers
             if not verified:
                 record.rejected_by = "geometry"
@@ -485,8 +499,7 @@ class LoopDetector:
             consistent_count=consistent,
             verified=verified,
             inliers=inliers,
-            rotation=rotation,
-            translation_dir=direction,
+            relative=relative,
         )
 
     def _departure(self, match: int, index: int, desc: np.ndarray, score: float) -> float | None:

@@ -3,8 +3,9 @@
 Appearance alone cannot tell two identical-looking corridors apart; a consistent two-view geometry
 (many feature matches agreeing on one fundamental or essential matrix) can. Local features come from
 OpenCV (ORB or SIFT, chosen by name), matches are filtered with Lowe's ratio test, and RANSAC fits a
-fundamental matrix, or an essential matrix when the camera intrinsics are known, in which case the
-relative rotation and translation direction come out as well.
+fundamental matrix; when both views have a camera model the matches go to
+``vpr_core.loop.relative_pose.estimate_relative_pose`` instead, which gives the relative pose
+T_match_query (metric with depth, else up to scale or rotation only) with its covariance.
 
 Features are extracted once per keyframe (``extract_features``) and kept instead of the image, so a
 long SLAM run stores a few tens of kilobytes per keyframe rather than the whole picture.
@@ -17,6 +18,8 @@ from typing import Callable
 
 import cv2
 import numpy as np
+
+from vpr_core.loop.relative_pose import CameraModel, RelativePose, RelativePoseConfig, estimate_relative_pose
 
 __all__ = [
     "FEATURES",
@@ -37,9 +40,9 @@ class GeometryConfig:
     ``ratio_test`` times that of the second-best match, which drops the ambiguous matches that
     repetitive texture (doors, ceiling lights) produces. ``ransac_threshold_px`` is the largest
     distance in pixels from a point to its epipolar line that still counts as an inlier.
-    ``intrinsics`` (fx, fy, cx, cy of the pixels the images are given in, both views taken by the
-    same camera) switch from the fundamental matrix to the essential matrix, which has fewer degrees
-    of freedom (so fewer lucky outlier fits) and yields the relative pose.
+    ``intrinsics`` (fx, fy, cx, cy, no distortion) is the camera of features extracted without
+    one; with a camera for both views the fundamental matrix gives way to the relative pose, whose
+    model has fewer degrees of freedom (so fewer lucky outlier fits).
     """
 
     method: str = "orb"
@@ -81,21 +84,32 @@ class GeometryConfig:
                 )
             object.__setattr__(self, "intrinsics", values)
 
-    def camera_matrix(self) -> np.ndarray | None:
-        if self.intrinsics is None:
-            return None
-        fx, fy, cx, cy = self.intrinsics
-        return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    def camera(self) -> CameraModel | None:
+        """The fallback camera of features that carry none."""
+        return None if self.intrinsics is None else CameraModel(*self.intrinsics)
+
+    def pose_config(self) -> RelativePoseConfig:
+        """The relative-pose settings: this config's RANSAC, and the fewest inliers any pose needs,
+        since ``verify_features`` applies ``min_inliers`` to the pose's inlier count itself (so
+        a rejected pair still reports how many inliers it had)."""
+        return RelativePoseConfig(
+            ransac_threshold_px=self.ransac_threshold_px,
+            ransac_confidence=self.ransac_confidence,
+            min_inliers=6,
+        )
 
 
 @dataclass(frozen=True)
 class Features:
-    """Keypoint positions (float32 [N, 2], pixels) and their descriptors (one row each)."""
+    """Keypoint positions (float32 [N, 2], pixels) and their descriptors (one row each), with the
+    camera that took the image and the depth of each keypoint (metres, NaN unknown) when known."""
 
     method: str
     points: np.ndarray
     descriptors: np.ndarray
     image_size: tuple[int, int]  # (height, width)
+    camera: CameraModel | None = None
+    depth: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.points.shape[0])
@@ -103,19 +117,18 @@ class Features:
 
 @dataclass(frozen=True)
 class GeometryResult:
-    """Outcome of verifying one pair.
+    """Outcome of verifying one pair (a = query, b = match).
 
-    ``rotation`` and ``translation_dir`` (set only with intrinsics) map the first view's camera frame
-    onto the second's: a point X in camera 1 is ``rotation @ X + s * translation_dir`` in camera 2
-    for some unknown scale s > 0.
+    ``relative`` (only when both views have a camera, and only for a verified pair) is
+    T_match_query = T_b_a: a point p_a in camera a's frame is
+    ``relative.rotation @ p_a + relative.translation`` in camera b's frame (see ``relative_pose``).
     """
 
     verified: bool
     inliers: int
     matches: int
     keypoints: tuple[int, int]
-    rotation: np.ndarray | None = None
-    translation_dir: np.ndarray | None = None
+    relative: RelativePose | None = None
 
 
 def _orb(max_features: int) -> cv2.Feature2D:
@@ -151,8 +164,18 @@ def _to_gray(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(gray)
 
 
-def extract_features(image: np.ndarray, config: GeometryConfig) -> Features:
-    """Detect keypoints and describe them; ``image`` is RGB uint8 [H, W, 3] or gray [H, W]."""
+def extract_features(
+    image: np.ndarray,
+    config: GeometryConfig,
+    camera: CameraModel | None = None,
+    depth_image: np.ndarray | None = None,
+) -> Features:
+    """Detect keypoints and describe them; ``image`` is RGB uint8 [H, W, 3] or gray [H, W].
+
+    ``depth_image`` is registered to the image (same size): uint16 millimetres or float metres, 0 or
+    non-finite where unknown; each keypoint keeps the depth of its nearest pixel (interpolating
+    across a depth edge would invent a surface between foreground and background).
+    """
     gray = _to_gray(image)
     factory, _ = FEATURES[config.method]
     keypoints, descriptors = factory(config.max_features).detectAndCompute(gray, None)
@@ -160,67 +183,93 @@ def extract_features(image: np.ndarray, config: GeometryConfig) -> Features:
     if descriptors is None:
         width = 32 if config.method == "orb" else 128
         descriptors = np.zeros((0, width), np.uint8 if config.method == "orb" else np.float32)
-    return Features(config.method, points, descriptors, (gray.shape[0], gray.shape[1]))
+    depth = None if depth_image is None else _sample_depth(depth_image, gray.shape, points)
+    return Features(config.method, points, descriptors, (gray.shape[0], gray.shape[1]), camera, depth)
+
+
+def _sample_depth(depth_image: np.ndarray, shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
+    """Depth in metres (float32, NaN unknown) of the pixel nearest to each point."""
+    if not isinstance(depth_image, np.ndarray) or depth_image.shape != shape:
+        raise ValueError(
+            f"depth_image must be a [H, W] array of the image's size {shape}, got "
+            f"{getattr(depth_image, 'shape', type(depth_image).__name__)}"
+        )
+    if depth_image.dtype == np.uint16:
+        metres = depth_image.astype(np.float32) / 1000.0
+    elif np.issubdtype(depth_image.dtype, np.floating):
+        metres = depth_image.astype(np.float32)
+    else:
+        raise ValueError(
+            f"depth_image must be uint16 millimetres or float metres, got dtype {depth_image.dtype}"
+        )
+    cols = np.clip(np.rint(points[:, 0]).astype(int), 0, shape[1] - 1)
+    rows = np.clip(np.rint(points[:, 1]).astype(int), 0, shape[0] - 1)
+    depth = metres[rows, cols]
+    depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
+    return depth
 
 
 def _ratio_matches(a: Features, b: Features, config: GeometryConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into ``a`` and ``b`` of the matches that pass the ratio test."""
     _, norm = FEATURES[config.method]
     if len(a) < 2 or len(b) < 2:
-        return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+        return np.zeros(0, int), np.zeros(0, int)
     knn = cv2.BFMatcher(norm).knnMatch(a.descriptors, b.descriptors, k=2)
     kept = [
         pair[0]
         for pair in knn
         if len(pair) == 2 and pair[0].distance < config.ratio_test * pair[1].distance
     ]
-    pts_a = np.array([a.points[m.queryIdx] for m in kept], dtype=np.float32).reshape(-1, 2)
-    pts_b = np.array([b.points[m.trainIdx] for m in kept], dtype=np.float32).reshape(-1, 2)
-    return pts_a, pts_b
+    return (
+        np.array([m.queryIdx for m in kept], dtype=int),
+        np.array([m.trainIdx for m in kept], dtype=int),
+    )
 
 
 def verify_features(a: Features, b: Features, config: GeometryConfig) -> GeometryResult:
-    """Match ``a`` to ``b`` and count the matches consistent with one two-view geometry."""
+    """Match ``a`` (query) to ``b`` (match) and count the matches consistent with one two-view
+    geometry: the relative pose when both views have a camera (their own, else ``config.intrinsics``),
+    else a fundamental matrix."""
     if a.method != config.method or b.method != config.method:
         raise ValueError(
             f"features were extracted with {a.method!r}/{b.method!r} but the config asks for "
             f"{config.method!r}"
         )
-    pts_a, pts_b = _ratio_matches(a, b, config)
+    index_a, index_b = _ratio_matches(a, b, config)
     counts = (len(a), len(b))
+    n = int(index_a.size)
+    fallback = config.camera()
+    camera_a = a.camera if a.camera is not None else fallback
+    camera_b = b.camera if b.camera is not None else fallback
+    if camera_a is None or camera_b is None:
+        return _fundamental(a.points[index_a], b.points[index_b], counts, config)
+    relative = estimate_relative_pose(
+        a.points[index_a],
+        b.points[index_b],
+        camera_a,
+        camera_b,
+        query_depth=None if a.depth is None else a.depth[index_a],
+        match_depth=None if b.depth is None else b.depth[index_b],
+        config=config.pose_config(),
+    )
+    inliers = 0 if relative is None else relative.inliers
+    verified = inliers >= config.min_inliers
+    return GeometryResult(verified, inliers, n, counts, relative if verified else None)
+
+
+def _fundamental(
+    pts_a: np.ndarray, pts_b: np.ndarray, counts: tuple[int, int], config: GeometryConfig
+) -> GeometryResult:
     n = int(pts_a.shape[0])
-    camera = config.camera_matrix()
-    if n < (8 if camera is None else 5):
+    if n < 8:
         return GeometryResult(False, 0, n, counts)
-    if camera is None:
-        fundamental, mask = cv2.findFundamentalMat(
-            pts_a, pts_b, cv2.FM_RANSAC, config.ransac_threshold_px, config.ransac_confidence
-        )
-        # Without a model OpenCV may hand back an uninitialised mask, so it is read only with one.
-        found = fundamental is not None and mask is not None
-        inliers = int(np.count_nonzero(mask)) if found else 0
-        return GeometryResult(inliers >= config.min_inliers, inliers, n, counts)
-    essential, mask = cv2.findEssentialMat(
-        pts_a, pts_b, camera, cv2.RANSAC, config.ransac_confidence, config.ransac_threshold_px
+    fundamental, mask = cv2.findFundamentalMat(
+        pts_a, pts_b, cv2.FM_RANSAC, config.ransac_threshold_px, config.ransac_confidence
     )
-    if essential is None or essential.shape != (3, 3):
-        # Degenerate configurations return no matrix or several stacked ones; either way the
-        # matches do not pin down one relative pose.
-        return GeometryResult(False, 0, n, counts)
-    # recoverPose keeps only the RANSAC inliers that lie in front of both cameras, so its count
-    # is the number of matches that agree with one physically possible pose.
-    inliers, rotation, translation, _ = cv2.recoverPose(essential, pts_a, pts_b, camera, mask=mask)
-    inliers = int(inliers)
-    t = translation.reshape(3)
-    norm = float(np.linalg.norm(t))
-    direction = t / norm if norm > 0 else None
-    return GeometryResult(
-        inliers >= config.min_inliers,
-        inliers,
-        n,
-        counts,
-        rotation=np.asarray(rotation, dtype=np.float64),
-        translation_dir=direction,
-    )
+    # Without a model OpenCV may hand back an uninitialised mask, so it is read only with one.
+    found = fundamental is not None and mask is not None
+    inliers = int(np.count_nonzero(mask)) if found else 0
+    return GeometryResult(inliers >= config.min_inliers, inliers, n, counts)
 
 
 def verify_pair(image_a: np.ndarray, image_b: np.ndarray, config: GeometryConfig) -> GeometryResult:
