@@ -16,6 +16,8 @@ ARGUMENTS = {
     "map": "Prebuilt map database directory (parameter map.path).",
     "slam_path": "Directory of the slam map in slam and both modes (parameter map.slam_path).",
     "checkpoint": "Head checkpoint directory (parameter model.checkpoint).",
+    "preset": "Model preset with its untrained heads (parameter model.preset; model.checkpoint becomes '' "
+              "unless checkpoint is given too).",
     "backend": "Inference backend: auto, torch, onnxruntime or tensorrt (parameter model.backend).",
     "engine_cache_dir": "Cache of ONNX files and TensorRT engines (parameter model.engine_cache_dir).",
     "image_topics": "Comma-separated camera topics (parameter image_topics).",
@@ -57,6 +59,9 @@ def _node(context, *_):
     for arg, param in LIST_OVERRIDES.items():
         if value[arg]:
             overrides[param] = [t.strip() for t in value[arg].split(",") if t.strip()]
+    if value["preset"]:
+        overrides["model.preset"] = value["preset"]
+        overrides.setdefault("model.checkpoint", "")
     overrides["use_sim_time"] = boolean("use_sim_time", value["use_sim_time"])
     managed = boolean("managed", value["managed"])
     common = dict(package="vpr_ros", name="vpr_localizer", namespace=value["namespace"],

@@ -10,6 +10,7 @@ def test_demo_ends_with_recall_latency_and_the_report(ros_env, data_dir, tmp_pat
                            "--backend", "torch", "--out", str(tmp_path)], ros_env)
     output = demo.communicate(timeout=600)[0]
     assert demo.returncode == 0, output
+    assert "[launch]" in output and "[localize_node-1]" in output  # started through `ros2 launch`
     lines = [line for line in output.splitlines() if re.match(r"\s+query .* -> place", line)]
     assert len(lines) == 6, output
     summary = re.search(r"\[demo\] (\d+)/6 frames answered; Recall@1 ([\d.]+).*p50 ([\d.]+) ms.*"

@@ -102,5 +102,7 @@ def test_defaults_start_the_plain_node_and_managed_the_lifecycle_one():
     assert _overrides(plain) == {"use_sim_time": False}  # nothing overrides the parameter file
     (managed,) = _nodes(module, managed="true", mode="slam")
     assert isinstance(managed, LifecycleNode) and managed.node_executable == "localize_lifecycle_node"
+    untrained = _overrides(_nodes(module, preset="lite0")[0])
+    assert untrained["model.preset"] == "lite0" and untrained["model.checkpoint"] == ""
     with pytest.raises(ValueError, match="use_sim_time:='maybe' is not a boolean"):
         _nodes(module, use_sim_time="maybe")

@@ -2,7 +2,8 @@
 
 1. builds a map with the shipped heads (checkpoints/lite0-nordland) from the reference frames
    of a data set (resumed when it is already there), 2. writes the query frames into a rosbag2 (mcap) at a camera rate,
-3. starts the vpr_localizer node and the bag player as separate processes, 4. listens to the node's
+3. starts the vpr_localizer node with `ros2 launch vpr_ros localize.launch.py` (the colcon install
+that `make setup` builds) and the bag player, as separate processes, 4. listens to the node's
 PlaceMatchArray messages, printing one line per frame, and 5. ends with Recall@1, latency and an
 example-retrievals PNG.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -150,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     from vpr_core.data import open_source
     stamps = {f.stamp_ns: row for row, f in enumerate(open_source(f"rosbag:{bag}"))}
     env = dict(os.environ, ROS_LOG_DIR=str(out / "ros_log"), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    model = [f"checkpoint:={args.checkpoint}"] if args.checkpoint else [f"preset:={args.preset}"]
+    # As a user starts it: `ros2 launch` of the colcon install that `make setup` builds.
     node = subprocess.Popen(
-        [sys.executable, "-m", "vpr_ros.localize_node", "--ros-args", "-p", f"map.path:={map_dir(args, out)}",
-         "-p", f"image_topics:=['{CAMERA_TOPIC}']", "-p", f"model.preset:={args.preset}",
-         "-p", f"model.checkpoint:={args.checkpoint!r}",
-         "-p", f"model.backend:={args.backend}", "-p", "qos:=reliable"], env=env)
+        [str(REPO / "scripts" / "ros2_exec.sh"), "ros2", "launch", "vpr_ros", "localize.launch.py",
+         f"map:={map_dir(args, out)}", f"image_topics:={CAMERA_TOPIC}", *model, f"backend:={args.backend}",
+         "qos:=reliable"], env=env, start_new_session=True)
     printer = MatchPrinter(dataset, picked, stamps)
 
     def start_player() -> subprocess.Popen:
@@ -168,9 +171,19 @@ def main(argv: list[str] | None = None) -> int:
         if node.poll() is not None:
             return node.returncode or 1
     finally:
-        node.terminate()
-        node.wait(timeout=30)
+        stop_launch(node)
     return summarize(printer, picked, dataset, mapdb, out)
+
+
+def stop_launch(process: subprocess.Popen) -> None:
+    """Ctrl-C to `ros2 launch`, which passes it on to the node and waits for it."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def summarize(printer: MatchPrinter, picked, dataset, mapdb, out: Path) -> int:
