@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 def stop_launch(process: subprocess.Popen) -> None:
     """Ctrl-C to `ros2 launch`, which passes it on to the node and waits for it."""
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
+        process.send_signal(signal.SIGINT)  # launch passes it on to the node once
     try:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:

@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import sys
 
-import rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
-from vpr_ros.localize_node import NODE_NAME, spin
+from vpr_ros.localize_node import NODE_NAME, run
 from vpr_ros.parameters import ParameterError, declare
 from vpr_ros.runtime import LocalizerRuntime
 
@@ -62,15 +61,7 @@ class ManagedLocalizerNode(LifecycleNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv)
-    try:
-        node = ManagedLocalizerNode()
-    except ParameterError as exc:
-        rclpy.logging.get_logger(NODE_NAME).error(f"not started: {exc}")
-        rclpy.try_shutdown()
-        return 2
-    spin(node, node.free)
-    return 0
+    return run(ManagedLocalizerNode, argv)
 
 
 if __name__ == "__main__":

@@ -257,12 +257,11 @@ class LocalizerRuntime:
                 frames = [self._frame(topic, pending) for topic, pending in batch]
                 with self._pipeline_lock:
                     results = self.localizer.process(frames)
+                for (_, pending), result in zip(batch, results):
+                    self._publish(pending, result)
             except Exception as exc:  # one bad batch must not stop the node
                 self._errors += 1
                 self.node.get_logger().error(f"processing failed: {exc}", throttle_duration_sec=5.0)
-                continue
-            for (_, pending), result in zip(batch, results):
-                self._publish(pending, result)
 
     def _frame(self, topic: str, pending: Pending) -> Frame:
         """The frame with what is known at its stamp, looked up now that more odometry has arrived."""
