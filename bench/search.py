@@ -5,10 +5,13 @@ vpr_core/search/synthetic.py) and its search index, reloads it as the node would
 queries and batches of 32 with the two-stage searcher and with exhaustive float search on the same
 data, and prints per-query latency (median, p95), their ratio, how often the two-stage top-1 and
 top-10 set equal the exhaustive ones, build and load times, disk size and the process's resident
-memory (anonymous and file-backed, to show that desc.npy is not read into RAM).
+memory (anonymous and file-backed, to show that desc.npy is not read into RAM). With --filter it also
+times the sequence filter's update per frame (vpr_core/sequence_filter.py, default settings) on the
+same map and queries, in the same run: the time the filter adds to each frame's search.
 
     python bench/search.py                      # 10 k, 100 k, 1 M places, D=2048, 512 bits
     python bench/search.py --quick              # a small smoke run (seconds)
+    python bench/search.py --sizes 10000,1000000 --dim 256 --filter   # + the sequence filter's cost
     python bench/search.py --sizes 1000000 --workdir DIR --keep   # keep the map to rerun with --workdir
 
 Latencies are measured with a warm page cache (the map was just written or read); on a cold cache
@@ -40,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from vpr_core.mapdb import MapDB, MapError, PlaceRecord  # noqa: E402
 from vpr_core.search import SearchConfig, TwoStageSearcher  # noqa: E402
 from vpr_core.search import synthetic  # noqa: E402
+from vpr_core.sequence_filter import SequenceFilter, SequenceFilterConfig  # noqa: E402
 
 BATCH = 32
 
@@ -202,6 +206,7 @@ def bench_size(args: argparse.Namespace, workdir: Path, n: int) -> tuple[list[Ro
         tb_ids.append(r.ids)
     tb_ids = np.concatenate(tb_ids) if tb_ids else np.zeros((0, 10), np.int64)
     mem_after = memory_mb()
+    filter_ms = filter_cost(searcher, qc, qd) if args.filter else None
 
     n_float = min(args.float_queries, len(qc))
     fl_single = []
@@ -256,9 +261,29 @@ def bench_size(args: argparse.Namespace, workdir: Path, n: int) -> tuple[list[Ro
         "mem_before": mem_before,
         "mem_after": mem_after,
         "batch_equals_single": bool(np.array_equal(tb_ids, ts_ids[: len(tb_ids)])),
+        "filter_ms": filter_ms,
     }
     mapdb.close()
     return rows, info
+
+
+def filter_cost(searcher: TwoStageSearcher, qc: np.ndarray, qd: np.ndarray) -> dict[str, float]:
+    """Wall and CPU time of ``SequenceFilter.update`` per frame (median, p95, max; ms), fed the
+    two-stage top-K of the queries in their order. The synthetic queries are random places, not a
+    route, so the filter keeps many scattered hypotheses: its costly case."""
+    config = SequenceFilterConfig(enabled=True)
+    found = [searcher.search(qc[i : i + 1], qd[i : i + 1], config.top_k) for i in range(len(qc))]
+    f = SequenceFilter(config, searcher.size)
+    wall, cpu, support = [], [], []
+    for r in tqdm(found, desc="sequence filter", leave=False):
+        t, c = time.perf_counter(), time.process_time()
+        estimate = f.update(r.ids[0], r.scores[0])
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+        support.append(estimate.hypotheses)
+    ms = np.asarray(wall) * 1e3
+    return {"median": float(np.median(ms)), "p95": float(np.percentile(ms, 95)), "max": float(ms.max()),
+            "cpu_median": pct(cpu)[0], "mean_hypotheses": float(np.mean(support)), "top_k": config.top_k}
 
 
 def print_tables(rows: list[Row], infos: list[dict], args: argparse.Namespace) -> None:
@@ -297,6 +322,16 @@ def print_tables(rows: list[Row], infos: list[dict], args: argparse.Namespace) -
             f"{a.get('VmRSS', float('nan')):.0f} / {a.get('RssAnon', float('nan')):.0f} / {a.get('RssFile', float('nan')):.0f} | "
             f"{i['batch_equals_single']} |"
         )
+    if any(i["filter_ms"] for i in infos):
+        print()
+        print("| places | sequence filter ms/frame median / p95 / max | CPU ms/frame median | mean hypotheses "
+              "| two-stage ms/query median (single, k=10) |")
+        print("|---:|---:|---:|---:|---:|")
+        single = {r.places: r.two_stage_ms[0] for r in rows if r.mode == "single"}
+        for i in infos:
+            f = i["filter_ms"]
+            print(f"| {i['places']:,} | {f['median']:.3f} / {f['p95']:.3f} / {f['max']:.3f} | {f['cpu_median']:.3f} "
+                  f"| {f['mean_hypotheses']:.0f} | {single[i['places']]:.3f} |")
 
 
 def load_average() -> str:
@@ -344,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", action="store_true", help="keep the maps (reused by a later run with the same --workdir)"
     )
     p.add_argument("--quick", action="store_true", help="smoke run: 2 k and 10 k places, D=256, 100 queries")
+    p.add_argument("--filter", action="store_true", help="also time the sequence filter per frame")
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.dim, args.queries = "2000,10000", 256, 100

@@ -8,6 +8,7 @@ import yaml
 from conftest import REPO
 from vpr_core.localizer import LocalizationConfig
 from vpr_core.loop import LoopConfig
+from vpr_core.sequence_filter import SequenceFilterConfig
 from vpr_ros.parameters import SPECS
 
 
@@ -26,7 +27,8 @@ def test_yaml_lists_every_parameter_with_its_default_and_a_comment():
         assert lines[i - 1].strip().startswith("#"), f"{spec.name} has no comment above it"
 
 
-@pytest.mark.parametrize("prefix, config_class", [("loop.", LoopConfig), ("localization.", LocalizationConfig)])
+@pytest.mark.parametrize("prefix, config_class", [("loop.", LoopConfig), ("localization.", LocalizationConfig),
+                                                  ("filter.", SequenceFilterConfig)])
 def test_node_defaults_are_the_library_defaults(prefix, config_class):
     """The node, `vpr eval-loops` and the offline replay must decide alike when nobody sets anything."""
     defaults = config_class()

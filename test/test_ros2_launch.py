@@ -207,6 +207,17 @@ def test_launch_localization_publishes_matches_and_poses_and_takes_thresholds_at
     assert "[vpr_localizer]" in output or "vpr_localizer" in output
 
 
+def test_launch_slam_mode_starts_with_nothing_but_the_defaults(ros, ros_env):
+    node = launch(ros_env, "mode:=slam", "backend:=onnxruntime")
+    try:
+        ros.wait_for_node(node)
+        ros.spin_until(lambda: ros.diagnostic_values(": pipeline"), node, timeout=30)
+        assert ros.diagnostic_values("/vpr_localizer: pipeline")["keyframes"] == "0"
+    finally:
+        output = stop(node)
+    assert "not started" not in output and "mode='slam'" in output
+
+
 def _rtabmap_bag(data_dir: Path, root: Path) -> tuple[Path, list[int], set[tuple[int, int]]]:
     sequence = data_dir / "rtabmap_loop"
     images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sorted((sequence / "images").glob("*.jpg"))]

@@ -28,6 +28,7 @@ from vpr_core.mapdb.local_features import LocalFeatures
 from vpr_core.model.local_branch import LocalEncoder
 from vpr_core.search import SearchConfig, TwoStageSearcher
 from vpr_core.search.local_rerank import LocalRerankConfig
+from vpr_core.sequence_filter import SequenceFilter, SequenceFilterConfig
 
 MODES = ("localization", "slam", "both")
 
@@ -67,6 +68,8 @@ class LocalizerConfig:
     base_to_camera: tuple[float, ...] = tuple(poses.IDENTITY)
     # Frame of the slam keyframes' poses when the odometry does not name one.
     slam_frame_id: str = "odom"
+    # Causal sequence filter over the prebuilt map's places, one per camera (vpr_core.sequence_filter).
+    filter: SequenceFilterConfig = field(default_factory=SequenceFilterConfig)
 
     def __post_init__(self) -> None:
         self.base_to_camera = tuple(poses.as_pose(self.base_to_camera, "base_to_camera"))
@@ -103,6 +106,11 @@ class FrameResult:
     # best score minus the best score at a distinct place (None: no distinct place among the results)
     margin: float | None = None
     pose: PoseEstimate | None = None  # the base's pose in the map frame, for accepted matches with a pose
+    # With the sequence filter on: matches[0] is the filter's best place, `probability` its posterior
+    # mass (within filter.confidence_radius places), `raw_matches` the frame's own retrieval.
+    filtered: bool = False
+    probability: float | None = None
+    raw_matches: list[Match] = field(default_factory=list)
     session_id: str = ""  # slam session of keyframe_id and of the loop's query keyframe
     loop_match_frame: str = ""  # camera frame of the loop's matched keyframe
 
@@ -137,6 +145,7 @@ class Localizer:
         self._slam_dir: Path | None = None
         self._extrinsics: dict[str, np.ndarray] = {}
         self._keyframe_frames: list[str] = []  # camera frame of each keyframe of this session
+        self._filters: dict[str, SequenceFilter] = {}  # per camera: each camera sees its own route
         if config.mode != "localization":
             self.reset()
 
@@ -165,6 +174,7 @@ class Localizer:
         self.loop_detector = LoopDetector(self.config.loop)
         self.keyframes.reset()
         self._keyframe_frames = []
+        self._filters = {}
         if self.slam_map is not None:
             self.slam_map.close()
         self.slam_map = None
@@ -214,14 +224,24 @@ class Localizer:
     def extrinsic(self, camera: str) -> np.ndarray:
         return self._extrinsics.get(camera, np.asarray(self.config.base_to_camera))
 
+    def reset_filters(self) -> None:
+        """Every camera's sequence filter starts over from a uniform belief at its next frame."""
+        self._filters = {}
+
     def update_thresholds(self, *, localization: LocalizationConfig, loop_min_score: float,
                           loop_min_departure: float, loop_min_contrast: float, keyframe: KeyframeConfig,
-                          pose: PoseConfig) -> None:
+                          pose: PoseConfig, filter_min_probability: float | None = None) -> None:
         """Thresholds changed at run time take effect on the next frame; each config re-validates
-        itself (dataclass checks), so a bad value raises ValueError and changes nothing."""
+        itself (dataclass checks), so a bad value raises ValueError and changes nothing. The filters
+        keep their belief: only the accept threshold on it changes."""
         loop = replace(self.config.loop, min_score=loop_min_score, min_departure=loop_min_departure,
                        min_contrast=loop_min_contrast)
-        self.config = replace(self.config, localization=localization, loop=loop, keyframe=keyframe, pose=pose)
+        sequence = self.config.filter if filter_min_probability is None else replace(
+            self.config.filter, min_probability=filter_min_probability)
+        self.config = replace(self.config, localization=localization, loop=loop, keyframe=keyframe, pose=pose,
+                              filter=sequence)
+        for f in self._filters.values():
+            f.config = sequence
         self.keyframes.config = keyframe
         if self.loop_detector is not None:
             self.loop_detector.config = loop
@@ -280,8 +300,10 @@ class Localizer:
     def _localize(self, results: list[FrameResult], codes: np.ndarray, desc: np.ndarray,
                   local: LocalFeatures | None) -> None:
         cfg = self.config.localization
+        sequence = self.config.filter
         # Extra results so that the margin test can see the best match at a distinct place.
-        k = min(cfg.top_k + 2 * cfg.distinct_places + 1, self.map_size)
+        wanted = cfg.top_k + 2 * cfg.distinct_places + 1
+        k = min(max(wanted, sequence.top_k) if sequence.enabled else wanted, self.map_size)
         if k == 0:
             return
         found = self.searcher.search(codes, desc, k, query_local=local)
@@ -293,12 +315,41 @@ class Localizer:
             records = self.map.records(ids[: cfg.top_k])
             r.matches = [Match(int(i), float(s), int(h), rec)
                          for i, s, h, rec in zip(ids, scores, hamming, records)]
-            r.margin = _margin(ids, scores, cfg) if len(ids) else None
+            r.margin = margin_of(ids[:wanted], scores[:wanted], cfg) if len(ids) else None
             r.accepted = bool(len(ids) and r.contrast >= cfg.min_contrast and scores[0] >= cfg.min_score
                               and (r.margin is None or r.margin >= cfg.min_margin))
+            # The pose's widening comes from the retrieval margin, or with the filter from its belief:
+            # a place held with probability p counts as a margin of p * full_margin.
+            certainty = r.margin
+            if sequence.enabled:
+                self._filter_step(r, ids, scores, codes[row], desc[row])
+                certainty = self.config.pose.full_margin * r.probability
             if r.accepted and r.matches[0].record.pose is not None:
-                r.pose = estimate_pose(np.asarray(r.matches[0].record.pose), r.margin,
+                r.pose = estimate_pose(np.asarray(r.matches[0].record.pose), certainty,
                                        self.extrinsic(r.frame.camera), self.config.pose)
+
+    def _filter_step(self, r: FrameResult, ids: np.ndarray, scores: np.ndarray, code: np.ndarray,
+                     desc: np.ndarray) -> None:
+        """Feeds the frame's retrieval to its camera's filter; the filter's best place goes first
+        (scored against this frame, also when it is not among the frame's own results) and the
+        accept decision becomes the filter's."""
+        cfg = self.config.localization
+        f = self._filters.get(r.frame.camera)
+        if f is None:
+            f = self._filters[r.frame.camera] = SequenceFilter(self.config.filter, self.map_size)
+        observe = r.contrast >= cfg.min_contrast  # a blank frame carries no evidence: motion only
+        estimate = f.update(ids, scores, r.frame.stamp_ns, observe=observe)
+        r.filtered, r.raw_matches, r.probability = True, r.matches, estimate.probability
+        if estimate.place_id < 0:
+            r.accepted = False
+            return
+        best = next((m for m in r.matches if m.place_id == estimate.place_id), None)
+        if best is None:
+            score, hamming = self.searcher.score_places(code, desc, np.array([estimate.place_id]))
+            best = Match(estimate.place_id, float(score[0]), int(hamming[0]),
+                         self.map.records(np.array([estimate.place_id]))[0])
+        r.matches = [best] + [m for m in r.raw_matches if m.place_id != best.place_id][: cfg.top_k - 1]
+        r.accepted = bool(observe and estimate.probability >= self.config.filter.min_probability)
 
     def _slam_step(self, r: FrameResult, code: np.ndarray, desc: np.ndarray) -> None:
         stamp = (r.frame.stamp_ns or 0) * 1e-9
@@ -322,7 +373,7 @@ class Localizer:
             r.loop_match_frame = self._keyframe_frames[r.loop.match_id]
 
 
-def _margin(ids: np.ndarray, scores: np.ndarray, cfg: LocalizationConfig) -> float | None:
+def margin_of(ids: np.ndarray, scores: np.ndarray, cfg: LocalizationConfig) -> float | None:
     """Best score minus the best score at a place more than ``distinct_places`` ids away."""
     distinct = np.abs(ids - ids[0]) > cfg.distinct_places
     return float(scores[0] - scores[distinct][0]) if distinct.any() else None

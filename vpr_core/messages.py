@@ -48,6 +48,9 @@ def place_match_fields(match: Match) -> dict[str, Any]:
 def place_match_array_fields(result: FrameResult, header: dict, map_frame: str, latency_ms: float) -> dict[str, Any]:
     return {"header": header, "source": result.frame.camera, "map_frame": map_frame,
             "accepted": result.accepted, "matches": [place_match_fields(m) for m in result.matches],
+            "filtered": result.filtered,
+            "probability": result.probability if result.probability is not None else math.nan,
+            "raw_matches": [place_match_fields(m) for m in result.raw_matches],
             "latency_ms": latency_ms}
 
 

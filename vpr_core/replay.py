@@ -29,6 +29,7 @@ from vpr_core.localizer import MODES, FrameResult, LocalizationConfig, Localizer
 from vpr_core.messages import (loop_closure_fields, place_match_array_fields, pose_with_covariance_fields,
                                 time_fields)
 from vpr_core.cli import run_module
+from vpr_core.sequence_filter import SequenceFilterConfig
 
 MSG_DIR = Path(__file__).resolve().parents[1] / "msg"
 OUR_MESSAGES = ("PlaceMatch", "PlaceMatchArray", "LoopClosure")
@@ -59,6 +60,9 @@ def result_record(result: FrameResult) -> dict[str, Any]:
                     for m in result.matches],
         "keyframe_id": result.keyframe_id, "encode_ms": result.encode_ms, "search_ms": result.search_ms,
         "local_pool": result.local_pool, "margin": result.margin, "loop": None, "pose": None,
+        "filtered": result.filtered, "probability": result.probability,
+        "raw_matches": [{"place_id": m.place_id, "score": m.score, "hamming": m.hamming, "source": m.record.source}
+                        for m in result.raw_matches],
     }
     if result.pose is not None:
         record["pose"] = {"pose": result.pose.pose.tolist(),
@@ -169,6 +173,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_encoder_arguments(parser)
     parser.add_argument("--local", default="", help="FoL++ local branch checkpoint directory: adds local "
                         "re-ranking (the map needs its patches: vpr add-local)")
+    parser.add_argument("--filter", action="store_true", help="sequence filter over the map's places (the node's "
+                        "filter.enabled, its other settings at their defaults); the map must be in route order")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--realtime", action="store_true", help="pace the frames at the bag's own rate")
     parser.add_argument("--out", type=Path, default=Path("replay.jsonl"), help="JSON lines, one per frame")
@@ -180,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
         topics = f"?topics={args.topics}" if args.topics else ""
         source = open_source(f"rosbag:{args.bag}{topics}")
         config = LocalizerConfig(mode=args.mode, map_path=args.map, encoder=encoder_config(args),
-                                 local_branch=args.local, localization=LocalizationConfig(top_k=args.top_k, min_score=args.min_score))
+                                 local_branch=args.local, localization=LocalizationConfig(top_k=args.top_k, min_score=args.min_score),
+                                 filter=SequenceFilterConfig(enabled=args.filter))
         summary = replay(iter(source), len(source), Localizer(config), batch_size=args.batch_size,
                          realtime=args.realtime, jsonl=args.out, out_bag=args.out_bag)
     except (ValueError, OSError) as exc:

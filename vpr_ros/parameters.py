@@ -195,6 +195,31 @@ SPECS: tuple[Spec, ...] = (
          "widened; below it they are multiplied by full_margin / margin.", _between(1e-6, 2.0), dynamic=True),
     Spec("pose.max_widening", 10.0, "~/pose: largest factor on the standard deviations of a weak match.",
          _between(1.0, 1e6), dynamic=True),
+    Spec("filter.enabled", False,
+         "Sequence filter: a causal Bayes filter over the map's places (ids in recorded order) per camera. On, "
+         "~/matches puts its most probable place first (raw retrieval in raw_matches), acceptance and ~/pose "
+         "follow it. Needs a prebuilt map (mode localization or both)."),
+    Spec("filter.top_k", 50, "Sequence filter: two-stage results per frame that enter its observation.",
+         _at_least(2)),
+    Spec("filter.temperature", 1.0, "Sequence filter: divides the z-normalised scores of the top_k results; "
+         "lower trusts a single frame more.", _between(1e-3, 1e3)),
+    Spec("filter.max_speed", 3, "Sequence filter: largest speed in map places per motion step, both "
+         "directions.", _at_least(0)),
+    Spec("filter.speed_change", 0.05, "Sequence filter: probability per step that the speed changes by one "
+         "place per step (stops, reversals, speed-ups).", _between(0.0, 1.0)),
+    Spec("filter.position_jitter", 0.1, "Sequence filter: probability per step of one place extra forward "
+         "or back.", _between(0.0, 1.0)),
+    Spec("filter.lost_probability", 0.01, "Sequence filter: share of the belief spread over the whole map "
+         "each step, so that a kidnapped robot re-localizes.", _between(0.0, 1.0)),
+    Spec("filter.max_hypotheses", 256, "Sequence filter: most (place, speed) states kept explicitly.",
+         _at_least(1)),
+    Spec("filter.confidence_radius", 1, "Sequence filter: places within this many ids of the best one count "
+         "towards its probability.", _at_least(0)),
+    Spec("filter.min_probability", 0.5, "Sequence filter: probability the best place needs to be accepted.",
+         _between(0.0, 1.0), dynamic=True),
+    Spec("filter.step_period_s", 0.0, "Sequence filter: > 0 makes one motion step per this many seconds "
+         "between frames (dropped frames move the belief further); 0: one step per frame.", _between(0.0, 3600.0)),
+    Spec("filter.max_steps", 10, "Sequence filter: most motion steps for one gap between frames.", _at_least(1)),
     Spec("keyframe.min_interval_s", 0.5, "slam: least time between two keyframes.", _at_least(0.0), dynamic=True),
     Spec("keyframe.min_distance_m", 0.0, "slam: least travel between keyframes when odometry is given.",
          _at_least(0.0), dynamic=True),
@@ -324,6 +349,9 @@ def _check_together(v: dict[str, Any]) -> None:
     if v["search.top_k"] > v["search.rerank_k"]:
         raise ParameterError(f"parameter 'search.top_k' = {v['search.top_k']} is larger than 'search.rerank_k' "
                              f"= {v['search.rerank_k']}: raise rerank_k or lower top_k")
+    if v["filter.enabled"] and v["mode"] == "slam":
+        raise ParameterError("parameter 'filter.enabled' is true but mode is 'slam', which has no prebuilt map "
+                             "to filter over: set mode 'localization' or 'both', or filter.enabled false")
     if v["loop.consistency_k"] > v["loop.consistency_n"]:
         raise ParameterError(f"parameter 'loop.consistency_k' = {v['loop.consistency_k']} is larger than "
                              f"'loop.consistency_n' = {v['loop.consistency_n']}")
@@ -368,7 +396,21 @@ def thresholds(v: dict[str, Any]) -> dict[str, Any]:
                                    max_similarity=v["keyframe.max_similarity"]),
         "pose": PoseConfig(position_std_m=v["pose.position_std_m"], rotation_std_deg=v["pose.rotation_std_deg"],
                            full_margin=v["pose.full_margin"], max_widening=v["pose.max_widening"]),
+        "filter_min_probability": v["filter.min_probability"],
     }
+
+
+def filter_config(v: dict[str, Any]):
+    """The sequence filter's settings from the ``filter.*`` parameters."""
+    from vpr_core.sequence_filter import SequenceFilterConfig
+
+    return SequenceFilterConfig(
+        enabled=v["filter.enabled"], top_k=v["filter.top_k"], temperature=v["filter.temperature"],
+        max_speed=v["filter.max_speed"], speed_change=v["filter.speed_change"],
+        position_jitter=v["filter.position_jitter"], lost_probability=v["filter.lost_probability"],
+        max_hypotheses=v["filter.max_hypotheses"], confidence_radius=v["filter.confidence_radius"],
+        min_probability=v["filter.min_probability"], step_period_s=v["filter.step_period_s"],
+        max_steps=v["filter.max_steps"])
 
 
 def localizer_config(v: dict[str, Any]):
@@ -402,4 +444,5 @@ def localizer_config(v: dict[str, Any]):
         local_rerank=LocalRerankConfig(margin=v["search.local_margin"], max_candidates=v["search.local_max_candidates"],
                                        local_weight=v["search.local_weight"]),
         base_to_camera=tuple(v["frames.base_to_camera"]), slam_frame_id=v["frames.odom"],
+        filter=filter_config(v),
     )

@@ -272,9 +272,15 @@ class LocalizerRuntime:
             if extrinsic is not None:
                 self.localizer.set_extrinsic(topic, extrinsic)
         inputs = self._cameras[topic]
+        depth = self._depth_at(inputs, stamp_ns)
+        if depth is not None and depth.shape != pending.rgb.shape[:2]:
+            self.node.get_logger().warning(
+                f"{inputs.depth_topic}: depth image {depth.shape[1]}x{depth.shape[0]} is not registered to the "
+                f"{pending.rgb.shape[1]}x{pending.rgb.shape[0]} images of {topic}; not used", throttle_duration_sec=30.0)
+            depth = None
         return Frame(index=pending.index, rgb=pending.rgb, name=f"{topic}@{stamp_ns}", source=topic, camera=topic,
                      stamp_ns=stamp_ns, pose=self._pose_at(stamp_ns), pose_frame=self._odom_frame,
-                     frame_id=frame_id, camera_model=inputs.model, depth=self._depth_at(inputs, stamp_ns))
+                     frame_id=frame_id, camera_model=inputs.model, depth=depth)
 
     def _pose_at(self, stamp_ns: int) -> np.ndarray | None:
         odom = list(self._odom)

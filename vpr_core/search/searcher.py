@@ -256,6 +256,15 @@ class TwoStageSearcher:
             pool = self._pool_sizes(dist, ids, k)
             return self._rerank(qd, dist, ids, pool, k)
 
+    def score_places(self, query_code: np.ndarray, query_desc: np.ndarray,
+                     ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Cosine and Hamming distance of one query to the given places: the score of a place that
+        something other than this search (the sequence filter) picked, on the search's own scale."""
+        ids = np.asarray(ids, dtype=np.int64)
+        desc = self._desc.take(ids).astype(np.float32, copy=False)
+        scores = desc @ np.asarray(query_desc, dtype=np.float32).reshape(-1)
+        return scores, hamming_distances(self._codes.take(ids), np.asarray(query_code, np.uint8).reshape(1, -1))
+
     def float_search(
         self, query_desc: np.ndarray, k: int, query_codes: np.ndarray | None = None
     ) -> SearchResult:

@@ -1,0 +1,130 @@
+"""Sequence filter vs single-frame two-stage retrieval: per-frame tables on the route data sets.
+
+    python bench/sequence_filter.py --tune     # grid on the Nordland-tiny DEVELOPMENT section only
+    python bench/sequence_filter.py            # report: dev, test, Corridor, rtabmap_loop
+
+The report prints, per sequence, Recall@1 over every frame (warm-up included) of single-frame
+two-stage and of the filter (queries in order, and in an order that stops, reverses and skips),
+precision and share of frames accepted at each method's accept rule, and median frames to converge
+after a cold start and to recover after a kidnapping (vpr_core/eval/sequence.py). The model is the
+shipped one (checkpoints/lite0-nordland, ONNX Runtime); each query's search is cached in
+out/sequence_filter. Data: ../shared/data or VPR_DATA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vpr_core.build_map import SHIPPED_CHECKPOINT  # noqa: E402
+from vpr_core.engine import EncoderConfig, create_encoder  # noqa: E402
+from vpr_core.eval import sequence as seq  # noqa: E402
+from vpr_core.eval.sequence_data import RouteSearch, route_search  # noqa: E402
+from vpr_core.localizer import LocalizationConfig  # noqa: E402
+from vpr_core.sequence_filter import SequenceFilterConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("VPR_DATA", REPO.parent / "shared" / "data"))
+CACHE = REPO / "out" / "sequence_filter"
+SEARCH_K = 50  # results cached per query: the largest filter top_k the grid tries
+DEV = f"seasons:{DATA / 'nordland_tiny'}?split=dev"
+REPORT = {
+    "Nordland-tiny dev": DEV,
+    "Nordland-tiny test": f"seasons:{DATA / 'nordland_tiny'}?split=test",
+    "Corridor": f"vpr_bench:{DATA / 'corridor'}",
+    "rtabmap_loop": str(DATA / "rtabmap_loop"),
+}
+GRID = {
+    "temperature": (1.0, 2.0, 4.0),
+    "top_k": (20, 50),
+    "speed_change": (0.05, 0.2),
+    "lost_probability": (0.01, 0.05),
+}
+
+
+def routes(specs: dict[str, str]) -> dict[str, RouteSearch]:
+    encoder = create_encoder(EncoderConfig(checkpoint=str(SHIPPED_CHECKPOINT), backend="onnxruntime"))
+    return {label: route_search(spec, encoder, SEARCH_K, CACHE) for label, spec in specs.items()}
+
+
+def tune(route: RouteSearch) -> None:
+    """Every grid point on the development section: R@1 in order and in the irregular order, frames
+    to recover from a kidnapping. Ranked by the mean of the two R@1 (a route in order alone would
+    favour a filter that cannot stop or turn back)."""
+    in_order = np.arange(len(route.ids))
+    irregular = seq.irregular_order(len(route.ids))
+    rows = []
+    points = list(itertools.product(*GRID.values()))
+    for values in tqdm(points, desc="grid", unit="point"):
+        config = SequenceFilterConfig(enabled=True, **dict(zip(GRID, values)))
+        r_in = seq.recall_at_1(seq.filtered(route, in_order, config), route, in_order)
+        r_irr = seq.recall_at_1(seq.filtered(route, irregular, config), route, irregular)
+        rows.append((0.5 * (r_in + r_irr), r_in, r_irr, seq.median_frames(seq.kidnapping(route, config)), values))
+    rows.sort(key=lambda r: -r[0])
+    print(f"{route.name}: {len(route.ids)} frames; grid over {', '.join(GRID)}")
+    print("| " + " | ".join(GRID) + " | R@1 in order | R@1 stop/reverse/skip | mean | kidnap: frames to recover |")
+    print("|" + "---:|" * (len(GRID) + 4))
+    for mean, r_in, r_irr, kid, values in rows:
+        print("| " + " | ".join(str(v) for v in values)
+              + f" | {100 * r_in:.1f} | {100 * r_irr:.1f} | {100 * mean:.1f} | {kid} |")
+    for threshold in (0.3, 0.5, 0.7, 0.9):
+        config = SequenceFilterConfig(enabled=True, min_probability=threshold)
+        p, share = seq.precision(seq.filtered(route, in_order, config))
+        print(f"defaults, min_probability {threshold}: precision {100 * p:.1f} %, accepted {100 * share:.1f} % of frames")
+
+
+def report(all_routes: dict[str, RouteSearch], config: SequenceFilterConfig) -> None:
+    print(f"date {time.strftime('%Y-%m-%d')}; model {SHIPPED_CHECKPOINT.name} (ONNX Runtime); filter {config}")
+    print("| sequence | frames | map places | single-frame R@1 | filtered R@1 | ratio | stop/reverse/skip: single / "
+          "filtered R@1 | single: precision / accepted | filtered: precision / accepted | frames to converge | "
+          "frames to recover from a kidnapping |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    local = LocalizationConfig()
+    for label, route in all_routes.items():
+        order = np.arange(len(route.ids))
+        irregular = seq.irregular_order(len(route.ids))
+        single, filt = seq.single_frame(route, order, local), seq.filtered(route, order, config)
+        r_single, r_filt = seq.recall_at_1(single, route, order), seq.recall_at_1(filt, route, order)
+        irr_single = seq.recall_at_1(seq.single_frame(route, irregular, local), route, irregular)
+        irr_filt = seq.recall_at_1(seq.filtered(route, irregular, config), route, irregular)
+        (p_s, a_s), (p_f, a_f) = seq.precision(single), seq.precision(filt)
+        print(f"| {label} | {len(order)} | {route.map_size} | {100 * r_single:.1f} | {100 * r_filt:.1f} | "
+              f"{r_filt / r_single:.2f}x | {100 * irr_single:.1f} / {100 * irr_filt:.1f} ({len(irregular)} frames) | "
+              f"{_pct(p_s)} / {100 * a_s:.1f} | {_pct(p_f)} / {100 * a_f:.1f} | "
+              f"{seq.median_frames(seq.convergence(route, config))} | "
+              f"{seq.median_frames(seq.kidnapping(route, config))} |")
+    print(f"frames to converge / recover: median over {seq.TRIALS} starts / jumps (half the route away) of the "
+          f"frames until the filtered best place is right {seq.STABLE_FRAMES} frames in a row, within "
+          f"{seq.TRIAL_FRAMES} frames; single-frame accept rule: LocalizationConfig defaults "
+          f"(min_score {local.min_score}, min_margin {local.min_margin}); filtered: probability >= "
+          f"{config.min_probability} within +-{config.confidence_radius} places")
+
+
+def _pct(value: float) -> str:
+    return "-" if np.isnan(value) else f"{100 * value:.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tune", action="store_true", help="grid on the Nordland-tiny development section only")
+    parser.add_argument("--min-probability", type=float, default=SequenceFilterConfig.min_probability)
+    args = parser.parse_args(argv)
+    if args.tune:
+        tune(routes({"dev": DEV})["dev"])
+        return 0
+    report(routes(REPORT), replace(SequenceFilterConfig(enabled=True), min_probability=args.min_probability))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
