@@ -24,6 +24,7 @@ ARGUMENTS = {
     "camera_info_topics": "auto, none, or comma-separated CameraInfo topics, one per camera "
                           "(parameter camera_info_topics).",
     "odom_topic": "nav_msgs/Odometry topic for slam keyframe poses (parameter odom_topic).",
+    "pose_topic": "Where ~/pose is published instead, e.g. /initialpose for AMCL or slam_toolbox (a remapping).",
     "mode": "localization, slam or both (parameter mode).",
     "qos": "QoS of the image subscriptions: sensor_data or reliable (parameter qos).",
     "namespace": "Namespace of the node (and of its relative input topics).",
@@ -64,8 +65,9 @@ def _node(context, *_):
         overrides.setdefault("model.checkpoint", "")
     overrides["use_sim_time"] = boolean("use_sim_time", value["use_sim_time"])
     managed = boolean("managed", value["managed"])
+    remappings = [("~/pose", value["pose_topic"])] if value["pose_topic"] else []
     common = dict(package="vpr_ros", name="vpr_localizer", namespace=value["namespace"],
-                  parameters=[value["params_file"], overrides], output="screen",
+                  parameters=[value["params_file"], overrides], remappings=remappings, output="screen",
                   ros_arguments=["--log-level", value["log_level"]])
     if managed:
         return [LifecycleNode(executable="localize_lifecycle_node", **common)]

@@ -87,6 +87,10 @@ def test_launch_file_builds_the_node_with_its_parameters():
     assert overrides["camera_info_topics"] == ("auto",) and overrides["qos"] == "reliable"
     assert overrides["use_sim_time"] is True
     assert node._Node__ros_arguments[-2:] == ["--log-level", "debug"]
+    (remapped,) = _nodes(module, pose_topic="/initialpose")
+    assert [tuple("".join(x.perform(None) for x in side) for side in rule) for rule in remapped._Node__remappings] \
+        == [("~/pose", "/initialpose")]
+    assert _nodes(module)[0]._Node__remappings == []
 
 
 @pytest.mark.parametrize("spelling, value", [("true", True), ("1", True), ("yes", True), ("On", True),

@@ -86,6 +86,9 @@ class Listener:
             RELIABLE)
         self.node.create_subscription(PoseWithCovarianceStamped, "/vpr_localizer/pose",
                                       lambda m: self.poses.setdefault(_ns(m.header.stamp), m), RELIABLE)
+        self.initial_poses: dict[int, PoseWithCovarianceStamped] = {}  # where AMCL listens
+        self.node.create_subscription(PoseWithCovarianceStamped, "/initialpose",
+                                      lambda m: self.initial_poses.setdefault(_ns(m.header.stamp), m), RELIABLE)
         self.node.create_subscription(LoopClosure, "/vpr_localizer/loop_closures", self.loops.append, RELIABLE)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
 
@@ -155,7 +158,8 @@ def test_launch_localization_publishes_matches_and_poses_and_takes_thresholds_at
     stored = MapDB.load(c["map"])
     np.testing.assert_allclose(np.array(stored.records([7])[0].pose), place_pose(7), atol=1e-9)  # interpolated
     stored.close()
-    node = launch(ros_env, f"map:={c['map']}", "qos:=reliable", "backend:=onnxruntime", "use_sim_time:=False")
+    node = launch(ros_env, f"map:={c['map']}", "qos:=reliable", "backend:=onnxruntime", "use_sim_time:=False",
+                  "pose_topic:=/initialpose")
     try:
         ros.wait_for_node(node)
         player = play(ros_env, c["queries"], rate=2.0)
@@ -165,10 +169,11 @@ def test_launch_localization_publishes_matches_and_poses_and_takes_thresholds_at
 
         accepted = {s: m for s, m in ros.matches.items() if m.accepted}
         assert len(accepted) >= QUERIES // 3
-        ros.spin_until(lambda: set(ros.poses) >= set(accepted), node, timeout=10)
-        assert set(ros.poses) == set(accepted)  # a pose for every accepted match, none otherwise
+        ros.spin_until(lambda: set(ros.initial_poses) >= set(accepted), node, timeout=10)
+        assert set(ros.initial_poses) == set(accepted)  # a pose for every accepted match, none otherwise
+        assert not ros.poses  # remapped from ~/pose by the launch argument pose_topic
         for stamp, msg in accepted.items():
-            best, pose = msg.matches[0], ros.poses[stamp]
+            best, pose = msg.matches[0], ros.initial_poses[stamp]
             assert pose.header.frame_id == "map" == msg.map_frame
             got = pose.pose.pose
             np.testing.assert_allclose([got.position.x, got.position.y, got.position.z, got.orientation.x,
@@ -201,7 +206,7 @@ def test_launch_localization_publishes_matches_and_poses_and_takes_thresholds_at
         ros.spin_until(lambda: len(ros.matches) >= len(before) + 8, node, timeout=60)
         late = [m for s, m in ros.matches.items() if s not in before]
         assert len(late) == 8 and not any(m.accepted for m in late)  # the new threshold took effect
-        assert set(ros.poses) == set(accepted)
+        assert set(ros.initial_poses) == set(accepted)
     finally:
         output = stop(node)
     assert "[vpr_localizer]" in output or "vpr_localizer" in output
