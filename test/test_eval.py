@@ -120,11 +120,16 @@ def test_cli_writes_results_and_report(data_dir, tmp_path, capsys) -> None:
     layout = _small_vpr_bench_layout(data_dir, tmp_path / "mini", n_queries=4, n_refs=6)
     out = tmp_path / "out"
     code = cli.main(["eval", "--dataset", str(layout), "--layout", "vpr_bench", "--backend", "torch",
-                     "--ns", "1", "5", "--out", str(out), "--examples", "2"])
+                     "--ns", "1", "5", "--out", str(out), "--examples", "2", "--filter", "--smooth"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "float-only" in printed and "two-stage" in printed and str(out / EXAMPLES_FILE) in printed
     written = json.loads((out / RESULTS_FILE).read_text())
+    route = written["sequence"]  # the queries as one route; its per-frame two-stage top-1 is R@1
+    assert route["frames"] == 4 and route["filter"]["enabled"]
+    assert route["two_stage_r1"] == written["methods"]["two_stage"]["recall"]["R@1"]
+    assert 0.0 <= route["filtered_r1"] <= 1.0 and 0.0 <= route["smoothed_r1"] <= 1.0
+    assert f"sequence filter {100 * route['filtered_r1']:.1f}" in printed
     assert set(written["methods"]["two_stage"]["recall"]) == {"R@1", "R@5"}
     assert written["dataset"]["query_frames"] == 4 and written["encoder"]["backend"] == "torch"
     assert len(written["examples"]["queries"]) == 2
@@ -140,6 +145,7 @@ def test_cli_writes_results_and_report(data_dir, tmp_path, capsys) -> None:
         ("seasons:{data}/nordland_tiny?split=middle", [], "split must be one of dev, test"),
         ("{data}/corridor", ["--ns", "500"], "fits a database of 111 frames"),
         ("{data}/corridor", ["--examples", "-1"], "--examples must be >= 0"),
+        ("{data}/corridor", ["--smooth"], "give --filter too"),
     ],
 )
 def test_cli_refuses_bad_input_with_a_clear_message(data_dir, tmp_path, capsys, spec, extra, message) -> None:

@@ -86,3 +86,34 @@ def test_each_camera_has_its_own_filter(encoder, route):
     localizer.reset_filters()
     fresh = localizer.process([frames[0]])[0]
     assert fresh.probability < ra.probability
+
+
+def _posed(frame: Frame, x: float, rgb: np.ndarray | None = None) -> Frame:
+    return Frame(index=frame.index, rgb=frame.rgb if rgb is None else rgb, name=frame.name, source=frame.source,
+                 camera="cam", stamp_ns=frame.stamp_ns, pose=np.array([x, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0]))
+
+
+def test_odometry_moves_the_belief_by_the_distance_travelled(encoder, route, tmp_path):
+    """A map whose places are 2 m apart; the robot's odometry says it stops: blank frames (no
+    evidence) then leave the belief where it stopped, where one step per frame would carry it on."""
+    dataset, _, frames = route
+    places = [_posed(f, 2.0 * i) for i, f in enumerate(dataset.database)]
+    build_map(places, tmp_path / "posed", encoder, BuildConfig())
+    localizer = Localizer(LocalizerConfig(map_path=str(tmp_path / "posed"), filter=SequenceFilterConfig(enabled=True)),
+                          encoder)
+    assert localizer._place_spacing_m == pytest.approx(2.0)
+    for i, f in enumerate(frames[:30]):
+        last = localizer.process([_posed(f, 2.0 * i)])[0]
+    assert np.isin(last.matches[0].place_id, dataset.positives(29))
+    blank = np.zeros_like(frames[0].rgb)
+    standing = [localizer.process([_posed(frames[29], 58.0, blank)])[0] for _ in range(6)]
+    assert not any(r.accepted for r in standing)  # blank frames are never accepted
+    assert abs(standing[-1].matches[0].place_id - last.matches[0].place_id) <= 1
+
+    without = Localizer(LocalizerConfig(map_path=str(tmp_path / "posed"), filter=SequenceFilterConfig(enabled=True)),
+                        encoder)
+    for f in frames[:30]:
+        without.process([f])
+    moving = [without.process([Frame(index=0, rgb=blank, name="blank", source="s", camera="cam")])[0]
+              for _ in range(6)]
+    assert moving[-1].matches[0].place_id - last.matches[0].place_id >= 4  # one step per frame: it carried on

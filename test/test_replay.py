@@ -81,9 +81,14 @@ def test_replay_writes_json_lines_and_a_bag_of_our_messages(bags):
     assert kinds["/vpr_localizer/matches"] == ("vpr_ros/msg/PlaceMatchArray", FRAMES)
 
 
-def test_replay_equals_the_node_on_the_same_bag(bags, ros_env):
-    out = bags["root"] / "replay-node-compare.jsonl"
-    _vpr("replay", "--bag", str(bags["query_bag"]), "--map", str(bags["map"]), "--out", str(out))
+@pytest.mark.parametrize("sequence_filter", [False, True], ids=["single-frame", "sequence-filter"])
+def test_replay_equals_the_node_on_the_same_bag(bags, ros_env, sequence_filter):
+    """With the sequence filter on, every frame must reach the node (the filter's belief depends on
+    all of them) and its answers, the filtered place first and the raw retrieval beside it, must
+    equal `vpr replay --filter` frame by frame."""
+    out = bags["root"] / f"replay-node-compare-{sequence_filter}.jsonl"
+    _vpr("replay", "--bag", str(bags["query_bag"]), "--map", str(bags["map"]), "--out", str(out),
+         *(["--filter"] if sequence_filter else []))
     offline = {r["stamp_ns"]: r for r in map(json.loads, out.read_text().splitlines())}
 
     answers: dict[int, PlaceMatchArray] = {}
@@ -97,7 +102,8 @@ def test_replay_equals_the_node_on_the_same_bag(bags, ros_env):
             QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
         node = python_process(["-m", "vpr_ros.localize_node", "--ros-args", "-p", f"map.path:={bags['map']}",
                                "-p", f"image_topics:=['{TOPIC}']", "-p", "qos:=reliable",
-                               "-p", "model.backend:=torch"], ros_env)
+                               "-p", "model.backend:=torch", "-p", f"filter.enabled:={str(sequence_filter).lower()}"],
+                              ros_env)
         # A quarter of the bag's rate leaves the node time for every frame on a busy 2-core machine.
         player = python_process(["-m", "vpr_ros.bag_player", str(bags["query_bag"]), "--rate", "0.25",
                                  "--reliable", "--wait-for-subscribers", "120"], ros_env)
@@ -109,11 +115,17 @@ def test_replay_equals_the_node_on_the_same_bag(bags, ros_env):
         rclpy.try_shutdown()
         outputs = [_finish(p) for p in (node, player) if p is not None]
     assert player.returncode == 0, "\n".join(outputs)
-    assert len(answers) >= FRAMES // 2, f"{len(answers)} answers:\n" + "\n".join(outputs)
+    assert len(answers) >= (FRAMES if sequence_filter else FRAMES // 2), f"{len(answers)} answers:\n" + "\n".join(outputs)
     for stamp, msg in answers.items():
         expected = offline[stamp]["matches"]
         assert [m.place_id for m in msg.matches] == [m["place_id"] for m in expected]
         np.testing.assert_allclose([m.score for m in msg.matches], [m["score"] for m in expected], atol=1e-5)
+        assert msg.filtered == offline[stamp]["filtered"] == sequence_filter
+        if sequence_filter:
+            # float32 in the message; the node's and the replay's scores agree to ~1e-6 (see atol above)
+            assert msg.probability == pytest.approx(offline[stamp]["probability"], abs=1e-4)
+            assert [m.place_id for m in msg.raw_matches] == [m["place_id"] for m in offline[stamp]["raw_matches"]]
+            assert msg.accepted == offline[stamp]["accepted"]
         best = msg.matches[0]
         assert best.has_pose and best.pose.position.x == pytest.approx(0.5 * best.place_id)
         assert best.latitude == pytest.approx(59.9 + 1e-5 * best.place_id)

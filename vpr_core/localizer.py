@@ -28,7 +28,7 @@ from vpr_core.mapdb.local_features import LocalFeatures
 from vpr_core.model.local_branch import LocalEncoder
 from vpr_core.search import SearchConfig, TwoStageSearcher
 from vpr_core.search.local_rerank import LocalRerankConfig
-from vpr_core.sequence_filter import SequenceFilter, SequenceFilterConfig
+from vpr_core.sequence_filter import SequenceFilter, SequenceFilterConfig, compile_kernels, place_spacing
 
 MODES = ("localization", "slam", "both")
 
@@ -146,6 +146,11 @@ class Localizer:
         self._extrinsics: dict[str, np.ndarray] = {}
         self._keyframe_frames: list[str] = []  # camera frame of each keyframe of this session
         self._filters: dict[str, SequenceFilter] = {}  # per camera: each camera sees its own route
+        self._filter_positions: dict[str, np.ndarray] = {}  # per camera: odometry position at its last frame
+        self._place_spacing_m: float | None = None
+        if config.filter.enabled and self.map is not None:
+            self._place_spacing_m = place_spacing(self.map)
+            compile_kernels()
         if config.mode != "localization":
             self.reset()
 
@@ -227,6 +232,7 @@ class Localizer:
     def reset_filters(self) -> None:
         """Every camera's sequence filter starts over from a uniform belief at its next frame."""
         self._filters = {}
+        self._filter_positions = {}
 
     def update_thresholds(self, *, localization: LocalizationConfig, loop_min_score: float,
                           loop_min_departure: float, loop_min_contrast: float, keyframe: KeyframeConfig,
@@ -336,9 +342,16 @@ class Localizer:
         cfg = self.config.localization
         f = self._filters.get(r.frame.camera)
         if f is None:
-            f = self._filters[r.frame.camera] = SequenceFilter(self.config.filter, self.map_size)
+            f = self._filters[r.frame.camera] = SequenceFilter(self.config.filter, self.map_size,
+                                                               self._place_spacing_m)
         observe = r.contrast >= cfg.min_contrast  # a blank frame carries no evidence: motion only
-        estimate = f.update(ids, scores, r.frame.stamp_ns, observe=observe)
+        travelled = None
+        if r.frame.pose is not None:
+            position = np.asarray(r.frame.pose[:3], dtype=np.float64)
+            last = self._filter_positions.get(r.frame.camera)
+            travelled = None if last is None else float(np.linalg.norm(position - last))
+            self._filter_positions[r.frame.camera] = position
+        estimate = f.update(ids, scores, r.frame.stamp_ns, observe=observe, travelled_m=travelled)
         r.filtered, r.raw_matches, r.probability = True, r.matches, estimate.probability
         if estimate.place_id < 0:
             r.accepted = False

@@ -198,18 +198,19 @@ SPECS: tuple[Spec, ...] = (
     Spec("filter.enabled", False,
          "Sequence filter: a causal Bayes filter over the map's places (ids in recorded order) per camera. On, "
          "~/matches puts its most probable place first (raw retrieval in raw_matches), acceptance and ~/pose "
-         "follow it. Needs a prebuilt map (mode localization or both)."),
-    Spec("filter.top_k", 50, "Sequence filter: two-stage results per frame that enter its observation.",
+         "follow it. Odometry, when the frames have it and the map has poses, sets how far it moves. Needs a "
+         "prebuilt map (mode localization or both)."),
+    Spec("filter.top_k", 200, "Sequence filter: two-stage results per frame that enter its observation.",
          _at_least(2)),
-    Spec("filter.temperature", 1.0, "Sequence filter: divides the z-normalised scores of the top_k results; "
+    Spec("filter.temperature", 1.5, "Sequence filter: divides the z-normalised scores of the top_k results; "
          "lower trusts a single frame more.", _between(1e-3, 1e3)),
     Spec("filter.max_speed", 3, "Sequence filter: largest speed in map places per motion step, both "
          "directions.", _at_least(0)),
-    Spec("filter.speed_change", 0.05, "Sequence filter: probability per step that the speed changes by one "
-         "place per step (stops, reversals, speed-ups).", _between(0.0, 1.0)),
-    Spec("filter.position_jitter", 0.1, "Sequence filter: probability per step of one place extra forward "
+    Spec("filter.speed_change", 0.05, "Sequence filter: probability per step that the speed changes, to any "
+         "other speed alike (stops, reversals, speed-ups).", _between(0.0, 1.0)),
+    Spec("filter.position_jitter", 0.05, "Sequence filter: probability per step of one place extra forward "
          "or back.", _between(0.0, 1.0)),
-    Spec("filter.lost_probability", 0.01, "Sequence filter: share of the belief spread over the whole map "
+    Spec("filter.lost_probability", 0.003, "Sequence filter: share of the belief spread over the whole map "
          "each step, so that a kidnapped robot re-localizes.", _between(0.0, 1.0)),
     Spec("filter.max_hypotheses", 256, "Sequence filter: most (place, speed) states kept explicitly.",
          _at_least(1)),

@@ -35,6 +35,9 @@ from vpr_core.eval.report import save_examples
 from vpr_core.search import SearchConfig, SearchResult, TwoStageSearcher
 from vpr_core.search.local_rerank import LocalFeatures, LocalReranker, LocalRerankConfig
 from vpr_core.search.binary_index import KINDS as INDEX_KINDS
+from vpr_core.eval import sequence as seq
+from vpr_core.eval.sequence import RouteSearch
+from vpr_core.sequence_filter import SequenceFilterConfig
 from vpr_core.cli import run_module
 
 METHODS = ("float", "two_stage", "local")
@@ -57,6 +60,8 @@ def evaluate(
     examples: int = 8,
     local: LocalEncoder | None = None,
     local_config: LocalRerankConfig = LocalRerankConfig(),
+    sequence: SequenceFilterConfig | None = None,
+    smooth: bool = False,
 ) -> dict[str, Any]:
     """Encode database and queries, search with both methods, and compute Recall@N and latencies.
 
@@ -69,7 +74,10 @@ def evaluate(
     and N, the database ids per query (int64 [Q, N], best first), which stay out of the file. With
     ``out_dir`` and ``examples > 0`` the report ``examples.png`` is drawn from the two-stage results.
     With ``local``, every method searches that encoder's outputs and the method ``local`` (two-stage
-    then local re-ranking with ``local_config``) is added.
+    then local re-ranking with ``local_config``) is added. With ``sequence`` (an enabled filter
+    config) the queries are also taken as one route in their order: ``results["sequence"]`` holds
+    per-frame R@1 of the two-stage top-1, of the causal sequence filter and, with ``smooth``, of
+    offline smoothing (every frame counts, warm-up included; see sequence_summary).
     """
     kept_ns = recall_ns(ns, dataset)
     n_db = len(dataset.database)
@@ -115,6 +123,12 @@ def evaluate(
     )
     if local is not None:
         methods["local"].update(local_summary(methods, db_local, local_config, local, shown_k))
+    route = None
+    if sequence is not None and sequence.enabled:
+        found, _ = search_each(searches["two_stage"], len(q_desc), min(sequence.top_k, n_db),
+                               f"two-stage k={sequence.top_k} for the sequence filter")
+        route = RouteSearch(dataset.name, n_db, found.ids, found.scores, np.full(len(q_desc), np.inf, np.float32),
+                            [dataset.positives(q) for q in range(len(q_desc))])
 
     n_images = n_db + len(q_desc)
     results: dict[str, Any] = {
@@ -136,6 +150,8 @@ def evaluate(
         },
         "methods": methods,
     }
+    if route is not None:
+        results["sequence"] = sequence_summary(route, sequence, smooth)
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,6 +184,24 @@ def local_summary(methods: dict[str, dict[str, Any]], db_local: LocalFeatures, c
         "local_fingerprint": local.local_fingerprint,
         "config": dataclasses.asdict(config),
     }
+
+
+def sequence_summary(route: RouteSearch, config: SequenceFilterConfig, smooth: bool) -> dict[str, Any]:
+    """Per-frame Recall@1 of the queries taken as one route in their order: the two-stage top-1
+    alone, the causal sequence filter (the node's answer), and offline smoothing (looks ahead, so
+    reported apart). Every frame counts from the first; no frame is skipped as blank here."""
+    order = np.arange(len(route.ids))
+    single = route.ids[:, 0]
+    summary: dict[str, Any] = {
+        "frames": len(order),
+        "filter": dataclasses.asdict(config),
+        "two_stage_r1": seq.recall_at_1(seq.FrameAnswers(single, seq.correct_places(route, order, single),
+                                                         np.ones(len(order), bool)), route, order),
+        "filtered_r1": seq.recall_at_1(seq.filtered(route, order, config), route, order),
+    }
+    if smooth:
+        summary["smoothed_r1"] = seq.recall_at_1(seq.smoothed(route, config), route, order)
+    return summary
 
 
 def recall_ns(ns: Sequence[int], dataset: EvalDataset) -> list[int]:
@@ -287,6 +321,11 @@ def format_table(results: dict[str, Any]) -> str:
         + f"; latency per query searched alone at {shown}; there two-stage top-1 = float top-1 on "
         f"{100 * two['top1_same_as_float']:.1f}% of queries, mean re-rank pool {two['mean_rerank_pool'][shown]:.1f}"
     )
+    if "sequence" in results:
+        sq = results["sequence"]
+        smoothed = f", offline smoothing {100 * sq['smoothed_r1']:.1f}" if "smoothed_r1" in sq else ""
+        lines.append(f"queries as one route ({sq['frames']} frames in order, every frame counted): R@1 two-stage "
+                     f"{100 * sq['two_stage_r1']:.1f}, sequence filter {100 * sq['filtered_r1']:.1f}{smoothed}")
     if "local" in results["methods"]:
         loc = results["methods"]["local"]
         pools = ", ".join(f"{key} {value:.2f}" for key, value in loc["mean_rerank_pool"].items())
@@ -337,6 +376,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default: out/eval/<data set name>)")
     parser.add_argument("--examples", type=int, default=8,
                         help="example queries drawn in examples.png (0: no picture)")
+    route = parser.add_argument_group("sequence filter (the queries taken as one route, in their order)")
+    route.add_argument("--filter", action="store_true",
+                       help="also report per-frame R@1 of the causal sequence filter (defaults of filter.*)")
+    route.add_argument("--smooth", action="store_true",
+                       help="with --filter: also offline forward-backward smoothing (looks ahead; not the node's)")
     local = parser.add_argument_group("FoL++ local re-ranking (third stage; torch, one backbone pass)")
     local.add_argument("--local", type=Path, help="local branch checkpoint: also report two-stage + local re-ranking")
     local.add_argument("--local-margin", type=float, help="scheduler margin (default: the checkpoint's tuned value)")
@@ -353,6 +397,8 @@ def run(args: argparse.Namespace) -> int:
                                      min_candidates=min(SearchConfig.min_candidates, args.max_candidates))
         if args.examples < 0:
             raise ValueError(f"--examples must be >= 0, got {args.examples}")
+        if args.smooth and not args.filter:
+            raise ValueError("--smooth smooths the sequence filter's route: give --filter too")
         encoder = create_encoder(encoder_config(args))
         local, local_config = open_local(args)
     except (ValueError, OSError, BackendUnavailable, ExportError) as err:  # DataError is a ValueError
@@ -360,7 +406,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out_dir = args.out if args.out is not None else default_out_dir(dataset)
     results = evaluate(dataset, encoder, search_config, ns=args.ns, out_dir=out_dir, examples=args.examples,
-                       local=local, local_config=local_config)
+                       local=local, local_config=local_config,
+                       sequence=SequenceFilterConfig(enabled=True) if args.filter else None, smooth=args.smooth)
     print(format_table(results))
     print(f"results: {out_dir / RESULTS_FILE}")
     if "examples" in results:

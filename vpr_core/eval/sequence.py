@@ -16,9 +16,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vpr_core.eval.sequence_data import RouteSearch
 from vpr_core.localizer import LocalizationConfig, margin_of
 from vpr_core.sequence_filter import SequenceFilter, SequenceFilterConfig
+from vpr_core.sequence_smoothing import smooth_route
+
+
+@dataclass
+class RouteSearch:
+    """Per query (in the data set's order): top-``k`` two-stage ids and scores, the frame's
+    contrast, and its positives; plus the map size."""
+
+    name: str
+    map_size: int
+    ids: np.ndarray  # int64 [Q, k], best first, -1 past the results
+    scores: np.ndarray  # float32 [Q, k]
+    contrast: np.ndarray  # float32 [Q]
+    positives: list[np.ndarray]
+
+    def correct(self, query: int, place: int) -> bool:
+        return bool(np.isin(place, self.positives[query]))
+
 
 STABLE_FRAMES = 5  # a (re-)localization counts from the first of this many correct frames in a row
 TRIALS = 8  # start points and kidnappings per sequence (medians reported)
@@ -45,7 +62,7 @@ def single_frame(route: RouteSearch, order: np.ndarray, config: LocalizationConf
         margin = margin_of(ids, scores, config)
         accepted[n] = (route.contrast[q] >= config.min_contrast and scores[0] >= config.min_score
                        and (margin is None or margin >= config.min_margin))
-    return FrameAnswers(place, _correct(route, order, place), accepted)
+    return FrameAnswers(place, correct_places(route, order, place), accepted)
 
 
 def filtered(route: RouteSearch, order: np.ndarray, config: SequenceFilterConfig,
@@ -58,10 +75,21 @@ def filtered(route: RouteSearch, order: np.ndarray, config: SequenceFilterConfig
         estimate = f.update(route.ids[q], route.scores[q], observe=bool(route.contrast[q] >= min_contrast))
         place[n], probability[n] = estimate.place_id, estimate.probability
     accepted = (probability >= config.min_probability) & (route.contrast[order] >= min_contrast)
-    return FrameAnswers(place, _correct(route, order, place), accepted)
+    return FrameAnswers(place, correct_places(route, order, place), accepted)
 
 
-def _correct(route: RouteSearch, order: np.ndarray, place: np.ndarray) -> np.ndarray:
+def smoothed(route: RouteSearch, config: SequenceFilterConfig,
+             min_contrast: float = LocalizationConfig.min_contrast) -> FrameAnswers:
+    """Offline smoothing's answers over the queries in order (vpr_core/sequence_smoothing.py): each
+    frame's place from the whole route; accepted = not blank (it has no probability threshold)."""
+    order = np.arange(len(route.ids))
+    observe = route.contrast >= min_contrast
+    place = smooth_route(route.ids, route.scores, config, route.map_size, observe)
+    return FrameAnswers(place, correct_places(route, order, place), observe)
+
+
+def correct_places(route: RouteSearch, order: np.ndarray, place: np.ndarray) -> np.ndarray:
+    """Per frame of ``order``: whether ``place`` is one of its positives."""
     return np.array([route.correct(q, p) for q, p in zip(order, place)], dtype=bool)
 
 

@@ -16,7 +16,6 @@ Sequences:
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +25,9 @@ from vpr_core.data import get_reader
 from vpr_core.engine import Encoder
 from vpr_core.eval.evaluate import encode_source, open_eval_dataset
 from vpr_core.eval.loops import PAIRS_FILE, read_loop_pairs
+from vpr_core.eval.sequence import RouteSearch
 from vpr_core.loop import image_contrast
 from vpr_core.search import SearchConfig, TwoStageSearcher
-
-
-@dataclass
-class RouteSearch:
-    """Per query (in the data set's order): top-``k`` two-stage ids and scores, the frame's
-    contrast, and its positives; plus the map size."""
-
-    name: str
-    map_size: int
-    ids: np.ndarray  # int64 [Q, k], best first, -1 past the results
-    scores: np.ndarray  # float32 [Q, k]
-    contrast: np.ndarray  # float32 [Q]
-    positives: list[np.ndarray]
-
-    def correct(self, query: int, place: int) -> bool:
-        return bool(np.isin(place, self.positives[query]))
 
 
 def route_search(spec: str, encoder: Encoder, k: int, cache_dir: Path | None = None,
