@@ -13,7 +13,7 @@ from launch_ros.substitutions import FindPackageShare
 
 ARGUMENTS = {
     "params_file": "Parameter YAML file of the node.",
-    "map": "Prebuilt map database directory (parameter map.path).",
+    "map": "Prebuilt map: a directory or a Milvus URI, milvus://HOST:PORT/COLLECTION (parameter map.path).",
     "slam_path": "Directory of the slam map in slam and both modes (parameter map.slam_path).",
     "checkpoint": "Head checkpoint directory (parameter model.checkpoint).",
     "preset": "Model preset with its untrained heads (parameter model.preset; model.checkpoint becomes '' "

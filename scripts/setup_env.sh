@@ -29,7 +29,7 @@ if [ "$(cat "$stamp_dir/pip" 2>/dev/null)" != "$pip_stamp" ]; then
   "$vpy" -m pip install -q --disable-pip-version-check "$torch_spec" \
       -r "$repo/requirements.txt" -r "$repo/requirements-build.txt" -r "$repo/requirements-test.txt" \
       2>&1 | grep -v '^WARNING: Location' || true
-  "$vpy" -c "import torch, rclpy, faiss, onnxruntime, cv2, rosbags, osrf_pycommon, psutil, lark, numba" \
+  "$vpy" -c "import torch, rclpy, faiss, onnxruntime, cv2, rosbags, osrf_pycommon, psutil, lark, numba, pymilvus, milvus_lite" \
       || { say "package installation failed; see the pip output above"; exit 1; }
   echo "$pip_stamp" > "$stamp_dir/pip"
 fi

@@ -24,7 +24,8 @@ from vpr_core.data import Frame, FrameSource, open_source
 from vpr_core.engine import Encoder, EncoderConfig, create_encoder
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
 from vpr_core.mapdb import MapDB, PlaceRecord
-from vpr_core.search import SearchConfig, TwoStageSearcher
+from vpr_core.mapstore import PlaceMap, create_map, is_milvus_uri, last_place, open_searcher
+from vpr_core.search import SearchConfig
 from vpr_core.cli import run_module
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,15 @@ def _record(frame: Frame, base_to_camera: np.ndarray) -> PlaceRecord:
                        pose=None if pose is None else tuple(float(v) for v in pose), latlon=frame.latlon)
 
 
-def _open_or_create(out: Path, encoder: Encoder, config: BuildConfig) -> MapDB:
+def _open_or_create(out: str | Path, encoder: Encoder, config: BuildConfig) -> PlaceMap:
+    if is_milvus_uri(str(out)):  # a collection is created by its first writer and joined by the others
+        place_map = create_map(str(out), fingerprint=encoder.fingerprint, encoder_config=encoder.model_config.to_dict(),
+                               bits=encoder.bits, dim=encoder.dim, frame_id=config.frame_id)
+        if place_map.writer_count and not config.resume:
+            raise FileExistsError(f"{out} already holds {place_map.writer_count} places of this writer; resume the "
+                                  "build (drop --no-resume) or give another writer number (?writer=N)")
+        return place_map
+    out = Path(out)
     if (out / "manifest.json").is_file():
         if not config.resume:
             raise FileExistsError(f"{out} already holds a map; remove it or resume the build (drop --no-resume)")
@@ -67,18 +76,18 @@ def _time_s(frame: Frame) -> float:
     return frame.stamp_ns * 1e-9 if frame.stamp_ns is not None else float(frame.index)
 
 
-def _remaining(frames: Iterator[Frame], mapdb: MapDB, selector: KeyframeSelector,
+def _remaining(frames: Iterator[Frame], mapdb: PlaceMap, selector: KeyframeSelector,
                encoder: Encoder) -> Iterator[Frame]:
     """Skips the frames an earlier run already went through, and restores the keyframe selector.
 
     The last place is found by its frame name and then re-encoded: two folders can share file names,
     and only the image itself tells whether this is the source the map was built from.
     """
-    if mapdb.size == 0:
+    resume_after = last_place(mapdb)
+    if resume_after is None:
         yield from frames
         return
-    last = mapdb.records([mapdb.size - 1])[0]
-    stored = np.asarray(mapdb.desc[-1], dtype=np.float32)
+    last, stored = resume_after[0], np.asarray(resume_after[1], dtype=np.float32)
     for frame in frames:
         if frame.name == last.source:
             if float(encoder.encode([frame.rgb])[1][0] @ stored) < 0.99:  # float16 storage, not identity
@@ -90,15 +99,15 @@ def _remaining(frames: Iterator[Frame], mapdb: MapDB, selector: KeyframeSelector
                      "(or is another image of that name); the map was built from another source")
 
 
-def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: BuildConfig = BuildConfig()) -> MapDB:
-    out = Path(out)
+def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: BuildConfig = BuildConfig()) -> PlaceMap:
+    """A map directory, or (with a milvus:// or milvus-lite: URI) a writer's places in a collection."""
     mapdb = _open_or_create(out, encoder, config)
     selector = KeyframeSelector(config.keyframe)
     frames = _remaining(iter(source), mapdb, selector, encoder)
     pending: tuple[list, list, list] = ([], [], [])
     extrinsic = poses.as_pose(config.base_to_camera, "base_to_camera")
     done_before = mapdb.size
-    with tqdm(total=len(source), desc=f"build-map {out.name}", unit="img", disable=None) as bar:
+    with tqdm(total=len(source), desc=f"build-map {str(out).rstrip('/').rsplit('/', 1)[-1]}", unit="img", disable=None) as bar:
         while batch := list(islice(frames, config.batch_size)):
             codes, desc = encoder.encode([f.rgb for f in batch])
             for frame, code, d in zip(batch, codes, desc):
@@ -115,7 +124,7 @@ def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: Bu
         mapdb.append(np.stack(pending[0]), np.stack(pending[1]), pending[2])
     # Training an IVF/HNSW index over a large map takes a minute; doing it here once means the node
     # and replay start on the stored index instead of training it at every start.
-    if TwoStageSearcher.from_map(mapdb, config.search).save_index(mapdb):
+    if open_searcher(mapdb, config.search).save_index(mapdb):
         log.info("map %s: stored its %s index", out, mapdb.index_info["kind"])
     log.info("map %s: %d places (%d new)", out, mapdb.size, mapdb.size - done_before)
     return mapdb
@@ -148,7 +157,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True,
                         help="frames: [READER:]PATH[?options], e.g. seasons:../shared/data/nordland_tiny?split=dev"
                              "&part=database, or a bag: rosbag:run1.mcap?topics=/cam/image_raw")
-    parser.add_argument("--out", required=True, type=Path, help="map directory to write (or resume)")
+    parser.add_argument("--out", required=True,
+                        help="map directory to write (or resume), or a Milvus collection: milvus://HOST:PORT/"
+                             "COLLECTION or milvus-lite:FILE.db/COLLECTION, ?writer=N for one of several writers")
     add_encoder_arguments(parser)
     kf = parser.add_argument_group("keyframes (default: every frame)")
     kf.add_argument("--min-interval-s", type=float, default=0.0, help="least time between places")

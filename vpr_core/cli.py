@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vpr_core.train.command", "train the heads on cached backbone features (SelaVPR++ losses, SAGE batches)"),
     "add-local": ("vpr_core.add_local", "store FoL++ local features in an existing map (local re-ranking)"),
     "train-local": ("vpr_core.train.local_train", "train the FoL++ local branch on cached backbone features"),
+    "map": ("vpr_core.mapstore.command", "push/pull a map between a directory and a Milvus collection, info, serve a Milvus Lite file"),
 }
 
 

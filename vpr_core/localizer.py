@@ -24,6 +24,7 @@ from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
 from vpr_core.localization_pose import PoseConfig, PoseEstimate, estimate_pose
 from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector, image_contrast
 from vpr_core.mapdb import MapDB, PlaceRecord
+from vpr_core.mapstore import MapUnavailable, PlaceMap, is_milvus_uri, open_map, open_searcher
 from vpr_core.mapdb.local_features import LocalFeatures
 from vpr_core.model.local_branch import LocalEncoder
 from vpr_core.search import SearchConfig, TwoStageSearcher
@@ -77,6 +78,10 @@ class LocalizerConfig:
             raise ValueError(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.mode != "slam" and not self.map_path:
             raise ValueError(f"mode {self.mode!r} needs map_path: a map built with `vpr build-map`")
+        if is_milvus_uri(self.map_path) and (self.local_branch or self.filter.enabled):
+            raise ValueError(f"map {self.map_path} is a Milvus collection, which keeps neither local features nor "
+                             "route-ordered ids; for local_branch or the sequence filter take a local copy "
+                             "(`vpr map pull`) and give its directory")
         if self.local_branch and self.mode == "slam":
             raise ValueError("local_branch re-ranks matches in the prebuilt map, which mode 'slam' does not use; "
                              "set mode 'localization' or 'both', or leave local_branch empty")
@@ -131,11 +136,13 @@ class Localizer:
                 f"model {self.encoder.model_config.preset!r} makes each descriptor depend on the other "
                 "images of its batch (InteractHead), so a frame's result would depend on which frames "
                 "arrive with it; use a per-frame model, or allow it explicitly (allow_batch_dependent)")
-        self.map: MapDB | None = None
+        self.map: PlaceMap | None = None
         self.searcher: TwoStageSearcher | None = None
+        # Why the prebuilt map could not be searched, while its database is unreachable ("" when it is).
+        self.map_unavailable = ""
         if config.mode != "slam":
-            self.map = MapDB.load(config.map_path, expected_fingerprint=self.encoder.fingerprint)
-            self.searcher = TwoStageSearcher.from_map(self.map, config.search, config.local_rerank)
+            self.map = open_map(config.map_path, expected_fingerprint=self.encoder.fingerprint)
+            self.searcher = open_searcher(self.map, config.search, config.local_rerank)
             if self.local:
                 self._check_local_features()
         self.slam_map: MapDB | None = None
@@ -282,7 +289,13 @@ class Localizer:
                                contrast=image_contrast(f.rgb)) for f in frames]
         if self.searcher is not None:
             start = time.perf_counter()
-            self._localize(results, codes, desc, local)
+            try:
+                self._localize(results, codes, desc, local)
+                self.map_unavailable = ""
+            except MapUnavailable as exc:  # the frames stay unlocalized; the next frame tries again
+                self.map_unavailable = str(exc)
+                for r in results:
+                    r.matches, r.accepted, r.pose, r.margin = [], False, None, None
             search_ms = (time.perf_counter() - start) * 1e3 / len(frames)
             for r in results:
                 r.search_ms = search_ms
@@ -309,7 +322,7 @@ class Localizer:
         sequence = self.config.filter
         # Extra results so that the margin test can see the best match at a distinct place.
         wanted = cfg.top_k + 2 * cfg.distinct_places + 1
-        k = min(max(wanted, sequence.top_k) if sequence.enabled else wanted, self.map_size)
+        k = min(max(wanted, sequence.top_k) if sequence.enabled else wanted, self.searcher.size)
         if k == 0:
             return
         found = self.searcher.search(codes, desc, k, query_local=local)

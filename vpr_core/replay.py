@@ -166,7 +166,8 @@ def replay(frames: Iterator[Frame], total: int, localizer: Localizer, *, batch_s
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bag", required=True, type=Path, help="rosbag2 directory/file (sqlite3, mcap) or ROS 1 bag")
     parser.add_argument("--topics", default="", help="comma-separated image topics (default: the bag's only one)")
-    parser.add_argument("--map", default="", help="map database directory (localization and both modes)")
+    parser.add_argument("--map", default="", help="map database directory, or a Milvus collection (milvus://HOST:PORT/"
+                        "COLLECTION, milvus-lite:FILE.db/COLLECTION); localization and both modes")
     parser.add_argument("--mode", default="localization", choices=MODES)
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--min-score", type=float, default=LocalizationConfig.min_score)

@@ -160,7 +160,9 @@ SPECS: tuple[Spec, ...] = (
          "FoL++ local branch checkpoint directory (e.g. checkpoints/lite0-nordland-local); non-empty adds local "
          "re-ranking of the best matches against the patches stored in the map (add them with `vpr add-local`). "
          "Empty: binary + float search only."),
-    Spec("map.path", "", "Prebuilt map database directory (required in localization and both modes)."),
+    Spec("map.path", "",
+         "Prebuilt map (required in localization and both modes): a map directory, or a Milvus collection, "
+         "milvus://HOST:PORT/COLLECTION (a server shared by a fleet) or milvus-lite:FILE.db/COLLECTION."),
     Spec("map.slam_path", "",
          "Directory of the slam map (slam and both modes). Every keyframe is committed to it when it is "
          "added; an existing map there is renamed to <path>.<time> at start and at ~/reset. Empty keeps the "
@@ -325,11 +327,21 @@ def _type_name(default: Any) -> str:
 
 def _check_together(v: dict[str, Any]) -> None:
     """Rules that involve more than one parameter or the file system."""
+    from vpr_core.mapstore.uri import is_milvus_uri, parse_milvus_uri
+
     if v["mode"] in ("localization", "both"):
         if not v["map.path"]:
             raise ParameterError(f"parameter 'map.path' is empty but mode is '{v['mode']}': give the directory "
                                  "of a map built with `vpr build-map`, or set mode to 'slam'")
-        if not (Path(v["map.path"]).expanduser() / "manifest.json").is_file():
+        if is_milvus_uri(v["map.path"]):
+            try:
+                location = parse_milvus_uri(v["map.path"])
+            except ValueError as exc:
+                raise ParameterError(f"parameter 'map.path': {exc}") from None
+            if location.lite and not Path(location.client_uri).is_file():
+                raise ParameterError(f"parameter 'map.path' = '{v['map.path']}': no Milvus Lite file "
+                                     f"{location.client_uri}; push a map there with `vpr map push`")
+        elif not (Path(v["map.path"]).expanduser() / "manifest.json").is_file():
             raise ParameterError(f"parameter 'map.path' = '{v['map.path']}' is not a map database (no "
                                  "manifest.json there); build one with `vpr build-map`")
     for name, what in (("model.checkpoint", "a checkpoint directory written by `vpr train`, or '' for the "
@@ -418,6 +430,7 @@ def localizer_config(v: dict[str, Any]):
     """The validated parameters as the pipeline's configuration (the node's only translation step)."""
     from vpr_core.engine import EncoderConfig
     from vpr_core.localizer import LocalizerConfig
+    from vpr_core.mapstore.uri import is_milvus_uri
     from vpr_core.loop import LoopConfig
     from vpr_core.search import SearchConfig
     from vpr_core.search.local_rerank import LocalRerankConfig
@@ -426,7 +439,8 @@ def localizer_config(v: dict[str, Any]):
     search = SearchConfig(candidates=v["search.rerank_k"], max_candidates=v["search.rerank_k"],
                           adaptive=v["search.adaptive"], threads=v["search.threads"])
     return LocalizerConfig(
-        mode=v["mode"], map_path=str(Path(v["map.path"]).expanduser()) if v["map.path"] else "",
+        mode=v["mode"], map_path=(v["map.path"] if is_milvus_uri(v["map.path"]) or not v["map.path"]
+                                  else str(Path(v["map.path"]).expanduser())),
         slam_map_path=v["map.slam_path"],
         encoder=EncoderConfig(preset=v["model.preset"], checkpoint=v["model.checkpoint"],
                               backbone_weights=v["model.backbone_weights"], backend=v["model.backend"],

@@ -379,6 +379,8 @@ class LocalizerRuntime:
                 f"{topic} intrinsics": "known" if self._cameras[topic].model is not None else "unknown"})
             if s.malformed:
                 problems.append(f"{s.malformed} malformed on {topic}")
+        if self.localizer.map_unavailable:  # frames are published unlocalized until it answers again
+            problems.append(f"map database unreachable: {self.localizer.map_unavailable}")
         status.level = DiagnosticStatus.WARN if problems or self._errors else DiagnosticStatus.OK
         status.message = "; ".join(problems) if problems else "running"
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
