@@ -31,8 +31,8 @@ from vpr_core.mapstore.uri import MilvusLocation, place_id, writer_range
 
 SCHEMA_VERSION = 1
 # Rows per upsert call: ~256 KB requests. pymilvus packs a vector field by appending each row to one
-# protobuf bytes value, which costs quadratically in rows per call: 8 MB calls inserted ~150 places/s
-# (D = 2048, Milvus Lite), 256 KB calls ~3500 (bench/map_backends.py).
+# protobuf bytes value, which costs quadratically in rows per call: into a few thousand places of Milvus
+# Lite at D = 2048, 8 MB calls inserted 110-150 places/s, 256 KB calls 3500-4200 (README, "Fleet maps").
 _UPSERT_BYTES = 256 << 10
 _GET_IDS = 1000  # ids per fetch call
 _QUERY_WINDOW = 16384  # Milvus' largest query result (its default queryNode.maxQueryResultWindow)
