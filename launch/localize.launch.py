@@ -26,7 +26,7 @@ ARGUMENTS = {
     "odom_topic": "nav_msgs/Odometry topic for slam keyframe poses (parameter odom_topic).",
     "pose_topic": "Where ~/pose is published instead, e.g. /initialpose for AMCL or slam_toolbox (a remapping).",
     "mode": "localization, slam or both (parameter mode).",
-    "qos": "QoS of the image subscriptions: sensor_data or reliable (parameter qos).",
+    "qos": "Reliability of the camera subscriptions: auto, sensor_data or reliable (parameter qos).",
     "namespace": "Namespace of the node (and of its relative input topics).",
     "use_sim_time": "Use /clock (true when replaying a bag): true/false, 1/0, yes/no, on/off.",
     "log_level": "Log level of the node: debug, info, warn, error or fatal.",

@@ -1,19 +1,24 @@
 """`vpr build-map` on real corridor images: a stopped build resumes to the same map, a build from
-another source is refused, and a trained stage-1 index is stored with the map."""
+another source is refused, a trained stage-1 index is stored with the map, and damaged images are
+skipped and reported (or stop the build with --on-error stop)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from itertools import islice
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from conftest import REPO
-from vpr_core.build_map import BuildConfig, build_map
-from vpr_core.data import open_dataset
+from vpr_core.build_map import SKIP_REPORT, BuildConfig, build_map
+from vpr_core.data import DataError, open_dataset, open_source
+from vpr_core.data.bag_writer import ImageStream, load_frames, stamps_at, write_bag
 from vpr_core.engine import EncoderConfig, create_encoder
 from vpr_core.mapdb import MapDB
 from vpr_core.search import SearchConfig, TwoStageSearcher
@@ -95,3 +100,61 @@ def test_cli_builds_a_map_from_an_image_folder(tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr[-2000:]
     assert MapDB.load(out).size == len(list((REPO.parent / "shared" / "data" / "corridor" / "ref").iterdir()))
+
+
+def damaged_folder(data_dir, folder):
+    """Real corridor images with the damaged inputs of issue 18 between them: a zero-byte file, a JPEG
+    cut at 60 % and a 1x1 PNG. Returns the names of the good images and the reason expected per bad one."""
+    folder.mkdir()
+    sources = sorted((data_dir / "corridor" / "ref").glob("*.jpg"))
+    good = []
+    for i in range(5):
+        shutil.copy(sources[i], folder / f"{2 * i:02d}.jpg")
+        good.append(f"{2 * i:02d}.jpg")
+    (folder / "01.jpg").write_bytes(b"")
+    jpeg = sources[5].read_bytes()
+    (folder / "03.jpg").write_bytes(jpeg[: len(jpeg) * 6 // 10])
+    (folder / "05.png").write_bytes(cv2.imencode(".png", np.zeros((1, 1, 3), np.uint8))[1].tobytes())
+    return good, {"01.jpg": "is empty (0 bytes)", "03.jpg": "is truncated", "05.png": "smaller than the least 32x32"}
+
+
+def test_damaged_images_are_skipped_reported_and_saved_with_the_map(data_dir, encoder, tmp_path):
+    good, reasons = damaged_folder(data_dir, tmp_path / "images")
+    mapdb = build_map(open_source(f"folder:{tmp_path / 'images'}"), tmp_path / "map", encoder,
+                      BuildConfig(batch_size=4))
+    assert [r.source for r in MapDB.load(tmp_path / "map").records(range(mapdb.size))] == good
+    report = json.loads((tmp_path / "map" / SKIP_REPORT).read_text())
+    assert [s["input"] for s in report["skipped"]] == sorted(reasons)
+    for entry in report["skipped"]:
+        assert reasons[entry["input"]] in entry["reason"] and entry["input"] in entry["reason"]
+    with pytest.raises(DataError, match=r"01.jpg is empty \(0 bytes\)"):
+        build_map(open_source(f"folder:{tmp_path / 'images'}"), tmp_path / "stopped", encoder,
+                  BuildConfig(batch_size=4, on_error="stop"))
+
+
+def test_cli_on_error_stop_exits_2_with_one_line_and_skip_prints_the_report(data_dir, tmp_path):
+    good, reasons = damaged_folder(data_dir, tmp_path / "images")
+    command = [sys.executable, "-m", "vpr_core.cli", "build-map", "--source", f"folder:{tmp_path / 'images'}",
+               "--preset", "lite0", "--backend", "onnxruntime", "--threads", "1"]
+    stop = subprocess.run([*command, "--out", str(tmp_path / "stopped"), "--on-error", "stop"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert stop.returncode == 2, stop.stderr[-2000:]
+    assert stop.stderr.strip().splitlines()[-1] == f"vpr build-map: image file {tmp_path / 'images' / '01.jpg'} is empty (0 bytes)"
+    skip = subprocess.run([*command, "--out", str(tmp_path / "map")], capture_output=True, text=True, timeout=300,
+                          cwd=REPO)
+    assert skip.returncode == 0, skip.stderr[-2000:]
+    assert f"3 input(s) skipped (saved in {tmp_path / 'map' / SKIP_REPORT})" in skip.stderr
+    for name, reason in reasons.items():
+        assert any(line.startswith(f"  {name}: ") and reason in line for line in skip.stderr.splitlines())
+    assert MapDB.load(tmp_path / "map").size == len(good)
+
+
+def test_a_bag_message_that_cannot_be_read_is_skipped_and_reported(data_dir, encoder, tmp_path):
+    frames = load_frames(data_dir / "corridor" / "ref", 6)
+    bag = write_bag(tmp_path / "bag", [ImageStream("/cam", frames, stamps_at(10, 6), truncated=(2,))])
+    mapdb = build_map(open_source(bag), tmp_path / "map", encoder, BuildConfig(batch_size=4))
+    assert mapdb.size == 5
+    report = json.loads((tmp_path / "map" / SKIP_REPORT).read_text())
+    assert len(report["skipped"]) == 1 and "topic /cam, message 2" in report["skipped"][0]["reason"]
+    with pytest.raises(DataError, match="topic /cam, message 2 .*expected step"):
+        build_map(open_source(bag), tmp_path / "stopped", encoder, BuildConfig(batch_size=4, on_error="stop"))

@@ -23,8 +23,8 @@ def test_camera_info_is_the_image_topics_sibling(image, info):
 
 def test_qos_profiles_are_built_not_borrowed():
     depth_before = qos_profile_sensor_data.depth
-    best_effort = sensor_qos({"qos": "sensor_data", "qos_depth": depth_before + 7})
-    reliable = sensor_qos({"qos": "reliable", "qos_depth": 3})
+    best_effort = sensor_qos({"qos_depth": depth_before + 7}, reliable=False)
+    reliable = sensor_qos({"qos_depth": 3}, reliable=True)
     assert best_effort.depth == depth_before + 7 and best_effort.reliability == ReliabilityPolicy.BEST_EFFORT
     assert reliable.depth == 3 and reliable.reliability == ReliabilityPolicy.RELIABLE
     assert qos_profile_sensor_data.depth == depth_before  # rclpy's shared profile untouched

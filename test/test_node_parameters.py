@@ -1,6 +1,7 @@
 """The node's parameters: the YAML file is what the node runs with, and bad values stop it at once
 with a message naming the parameter."""
 
+import importlib.util
 import re
 import time
 
@@ -57,6 +58,7 @@ def test_node_runs_with_the_values_of_the_yaml_file(ros_env, tmp_path):
     (["mode:=slam", "camera.intrinsics:=[0.0, 400.0, 320.0, 240.0]"], "camera.intrinsics"),
     (["mode:=slam", "frames.base_to_camera:=[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]"], "frames.base_to_camera"),
     (["mode:=slam", "frames.base:=/base_link"], "frames.base"),
+    (["mode:=slam", "image_topics:=['cam/{robot}/image_raw']"], "image_topics"),   # unknown substitution
 ])
 def test_bad_parameter_stops_the_node_with_a_clear_message(ros_env, overrides, named):
     args = [*NODE] + [x for o in overrides for x in ("-p", o)]
@@ -64,3 +66,14 @@ def test_bad_parameter_stops_the_node_with_a_clear_message(ros_env, overrides, n
     output = process.communicate(timeout=60)[0]
     assert process.returncode == 2, output
     assert f"parameter '{named}'" in output and "not started" in output, output
+    assert len(output.strip().splitlines()) == 1, output  # one line, no traceback
+
+
+def test_a_backend_that_is_not_installed_stops_the_node_in_one_line(ros_env):
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here: the tensorrt backend is no refusal")
+    process = python_process([*NODE, "-p", "mode:=slam", "-p", "model.backend:=tensorrt"], ros_env)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 2, output
+    assert len(output.strip().splitlines()) == 1, output
+    assert "not started: the model or map could not be loaded: the tensorrt backend needs" in output, output

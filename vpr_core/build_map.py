@@ -9,6 +9,8 @@ the spot).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -20,15 +22,20 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_core import poses
-from vpr_core.data import Frame, FrameSource, open_source
+from vpr_core.data import DataError, Frame, FrameSource, open_source
+from vpr_core.data.images import ImageFiles
 from vpr_core.engine import Encoder, EncoderConfig, create_encoder
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
 from vpr_core.mapdb import MapDB, PlaceRecord
+from vpr_core.mapdb.fsio import atomic_write_bytes
 from vpr_core.mapstore import PlaceMap, create_map, is_milvus_uri, last_place, open_searcher
 from vpr_core.search import SearchConfig
 from vpr_core.cli import run_module
+from vpr_core.options import COSINE, COUNT, NON_NEGATIVE, THREADS, argument
 
 log = logging.getLogger(__name__)
+ON_ERROR = ("skip", "stop")
+SKIP_REPORT = "skipped.json"  # written into a map directory beside the map's own files
 # The trained lite0 heads of the source tree: the default model of the CLI, the node and the demo.
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "lite0-nordland"
 
@@ -44,6 +51,21 @@ class BuildConfig:
     base_to_camera: tuple[float, ...] = tuple(poses.IDENTITY)
     resume: bool = True
     search: SearchConfig = field(default_factory=SearchConfig)  # the stage-1 index stored with the map
+    # "skip": an unreadable or refused input (damaged file, bad message) is left out, warned about and
+    # listed in the skip report; "stop": the build stops at it (DataError naming the input).
+    on_error: str = "skip"
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
+
+
+@dataclass(frozen=True)
+class SkippedInput:
+    """One input a build left out, and why (the reader's one-line DataError)."""
+
+    input: str
+    reason: str
 
 
 def _record(frame: Frame, base_to_camera: np.ndarray) -> PlaceRecord:
@@ -99,11 +121,60 @@ def _remaining(frames: Iterator[Frame], mapdb: PlaceMap, selector: KeyframeSelec
                      "(or is another image of that name); the map was built from another source")
 
 
+def _readable_frames(source: FrameSource, on_error: str, skipped: list[SkippedInput]) -> Iterator[Frame]:
+    """The source's frames; with ``on_error="skip"`` the unreadable ones are recorded and left out.
+
+    An error raised inside a generator ends it, so skipping needs the source's help: an image list
+    (``ImageFiles``) is read by index, one file at a time; a source that skips by itself (a bag: its
+    messages are read in one pass) exposes ``config.skip_bad`` and its ``skipped`` problems. Any other
+    source is iterated as it is and stops at its first error.
+    """
+    if isinstance(source, ImageFiles):
+        for index in range(len(source)):
+            try:
+                yield source[index]
+            except DataError as err:
+                if on_error == "stop":
+                    raise
+                skipped.append(SkippedInput(source.names[index], str(err)))
+                log.warning("skipped %s", err)
+    elif hasattr(source, "skipped") and hasattr(getattr(source, "config", None), "skip_bad"):
+        source.config.skip_bad = on_error == "skip"
+        yield from source
+        for problem in source.skipped:
+            skipped.append(SkippedInput(source.name, problem))
+            log.warning("skipped %s", problem)
+    else:
+        yield from source
+
+
+def _report_skipped(out: str | Path, source: FrameSource, skipped: list[SkippedInput]) -> None:
+    """Print every skipped input and, for a map directory, save the list as ``skipped.json`` in it.
+
+    The report is not part of the map (the manifest does not list it and loading never reads it): it
+    tells the user which inputs to repair. A resumed build reads the whole source again, so its report
+    replaces the last one; a build that skipped nothing removes a stale one. A Milvus collection has no
+    directory, so there the printed report is all.
+    """
+    path = None if is_milvus_uri(str(out)) else Path(out) / SKIP_REPORT
+    if not skipped:
+        if path is not None:
+            path.unlink(missing_ok=True)
+        return
+    if path is not None:
+        report = {"source": source.name, "skipped": [dataclasses.asdict(s) for s in skipped]}
+        atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
+    saved = f" (saved in {path})" if path is not None else ""
+    lines = "\n".join(f"  {s.input}: {s.reason}" for s in skipped)
+    log.warning("map %s: %d input(s) skipped%s:\n%s", out, len(skipped), saved, lines)
+
+
 def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: BuildConfig = BuildConfig()) -> PlaceMap:
     """A map directory, or (with a milvus:// or milvus-lite: URI) a writer's places in a collection."""
     mapdb = _open_or_create(out, encoder, config)
     selector = KeyframeSelector(config.keyframe)
-    frames = _remaining(iter(source), mapdb, selector, encoder)
+    skipped: list[SkippedInput] = []
+    frames = _remaining(_readable_frames(source, config.on_error, skipped), mapdb, selector, encoder)
     pending: tuple[list, list, list] = ([], [], [])
     extrinsic = poses.as_pose(config.base_to_camera, "base_to_camera")
     done_before = mapdb.size
@@ -127,6 +198,7 @@ def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: Bu
     if open_searcher(mapdb, config.search).save_index(mapdb):
         log.info("map %s: stored its %s index", out, mapdb.index_info["kind"])
     log.info("map %s: %d places (%d new)", out, mapdb.size, mapdb.size - done_before)
+    _report_skipped(out, source, skipped)
     return mapdb
 
 
@@ -137,7 +209,7 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--checkpoint", default="", help="head checkpoint directory written by `vpr train`")
     group.add_argument("--backbone-weights", default="", help="local path of the backbone weights")
     group.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
-    group.add_argument("--threads", type=int, default=0, help="inference threads (0: library default)")
+    group.add_argument("--threads", type=argument(int, THREADS), default=0, help="inference threads (0: library default)")
 
 
 def encoder_config(args: argparse.Namespace) -> EncoderConfig:
@@ -162,11 +234,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "COLLECTION or milvus-lite:FILE.db/COLLECTION, ?writer=N for one of several writers")
     add_encoder_arguments(parser)
     kf = parser.add_argument_group("keyframes (default: every frame)")
-    kf.add_argument("--min-interval-s", type=float, default=0.0, help="least time between places")
-    kf.add_argument("--min-distance-m", type=float, default=0.0, help="least travel between places (needs poses)")
-    kf.add_argument("--max-similarity", type=float, default=1.0,
+    kf.add_argument("--min-interval-s", type=argument(float, NON_NEGATIVE), default=0.0, help="least time between places")
+    kf.add_argument("--min-distance-m", type=argument(float, NON_NEGATIVE), default=0.0, help="least travel between places (needs poses)")
+    kf.add_argument("--max-similarity", type=argument(float, COSINE), default=1.0,
                     help="skip frames whose cosine to the last place is above this (appearance change)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=argument(int, COUNT), default=16, help="frames encoded at once (>= 1)")
     parser.add_argument("--frame-id", default="map", help="frame of the places' poses")
     parser.add_argument("--base-to-camera", type=float, nargs=7, default=tuple(poses.IDENTITY),
                         metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
@@ -174,6 +246,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", default="auto", choices=("auto", "flat", "ivf", "hnsw"),
                         help="stage-1 binary index stored with the map (auto: flat up to 50k places, else ivf)")
     parser.add_argument("--no-resume", action="store_true", help="refuse to continue an existing map")
+    parser.add_argument("--on-error", default="skip", choices=ON_ERROR,
+                        help="an unreadable or refused image (damaged, truncated, too small or too large): skip it "
+                             f"with a warning and list it in {SKIP_REPORT} in the map directory (default), or stop "
+                             "the build there (exit 2)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -182,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
         config = BuildConfig(keyframe=KeyframeConfig(args.min_interval_s, args.min_distance_m, args.max_similarity),
                              batch_size=args.batch_size, frame_id=args.frame_id, resume=not args.no_resume,
                              base_to_camera=tuple(args.base_to_camera),
-                             search=SearchConfig(index=args.index))
+                             search=SearchConfig(index=args.index), on_error=args.on_error)
         mapdb = build_map(open_source(args.source), args.out, create_encoder(encoder_config(args)), config)
     except (ValueError, OSError) as exc:
         print(f"vpr build-map: {exc}", file=sys.stderr)

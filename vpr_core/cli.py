@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Sequence
 
 from vpr_core import __version__
+from vpr_core.options import REFUSALS, OneLineParser, refuse
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -32,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="vpr",
         description="Visual place recognition: build maps, replay bags, evaluate, export, train.",
     )
@@ -57,10 +58,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run_module(module: ModuleType, prog: str, argv: Sequence[str] | None = None,
                description: str | None = None) -> int:
     """A stage module's command line: its `configure_parser` and `run`. The same for `vpr COMMAND`
-    and for `python -m vpr_core.<module>`, so the two never drift apart."""
-    parser = argparse.ArgumentParser(prog=prog, description=description or (module.__doc__ or "").splitlines()[0])
+    and for `python -m vpr_core.<module>`, so the two never drift apart.
+
+    Every refusal of every command ends here: a bad argument (argparse), or one of the package's
+    errors from `run` (a missing file, an unusable map, a backend that is not installed) becomes
+    one line ``<prog>: error: <reason>`` and exit code 2, instead of a traceback.
+    """
+    parser = OneLineParser(prog=prog, description=description or (module.__doc__ or "").splitlines()[0])
     module.configure_parser(parser)
-    return int(module.run(parser.parse_args(argv)) or 0)
+    args = parser.parse_args(argv)
+    try:
+        return int(module.run(args) or 0)
+    except REFUSALS as exc:
+        return refuse(prog, exc)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ both call `Localizer.process`, so their results are the same by construction.
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,10 +24,12 @@ from vpr_core import poses
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
 from vpr_core.localization_pose import PoseConfig, PoseEstimate, estimate_pose
 from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector, image_contrast
-from vpr_core.mapdb import MapDB, PlaceRecord
+from vpr_core.mapdb import MapDB, MapError, PlaceRecord
+from vpr_core.mapdb.manifest import MANIFEST
 from vpr_core.mapstore import MapUnavailable, PlaceMap, is_milvus_uri, open_map, open_searcher
 from vpr_core.mapdb.local_features import LocalFeatures
 from vpr_core.model.local_branch import LocalEncoder
+from vpr_core.options import refusal_line
 from vpr_core.search import SearchConfig, TwoStageSearcher
 from vpr_core.search.local_rerank import LocalRerankConfig
 from vpr_core.sequence_filter import SequenceFilter, SequenceFilterConfig, compile_kernels, place_spacing
@@ -52,6 +55,9 @@ class LocalizerConfig:
     mode: str = "localization"
     map_path: str = ""
     slam_map_path: str = ""
+    # A slam map found at slam_map_path is continued (a new session appending after its keyframes)
+    # unless this asks for an empty one; the old map is then renamed aside, never overwritten.
+    slam_fresh_start: bool = False
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     localization: LocalizationConfig = field(default_factory=LocalizationConfig)
@@ -149,9 +155,13 @@ class Localizer:
         self.loop_detector: LoopDetector | None = None
         self.keyframes = KeyframeSelector(config.keyframe)
         self.session_id = ""
+        # Why the last slam keyframe could not be stored ("" once one is stored again), and how many
+        # were lost: the frames keep being localized, the node reports it as an ERROR.
+        self.slam_write_error = ""
+        self.slam_write_failures = 0
         self._slam_dir: Path | None = None
         self._extrinsics: dict[str, np.ndarray] = {}
-        self._keyframe_frames: list[str] = []  # camera frame of each keyframe of this session
+        self._keyframe_frames: dict[int, str] = {}  # camera frame of each keyframe id of this session
         self._filters: dict[str, SequenceFilter] = {}  # per camera: each camera sees its own route
         self._filter_positions: dict[str, np.ndarray] = {}  # per camera: odometry position at its last frame
         self._place_spacing_m: float | None = None
@@ -159,7 +169,7 @@ class Localizer:
             self._place_spacing_m = place_spacing(self.map)
             compile_kernels()
         if config.mode != "localization":
-            self.reset()
+            self._begin_session(fresh=config.slam_fresh_start)
 
     @property
     def map_size(self) -> int:
@@ -177,24 +187,42 @@ class Localizer:
         return self.slam_map.size if self.slam_map is not None else 0
 
     def reset(self) -> None:
-        """Starts a new slam session: new session id, no keyframes (the prebuilt map is read-only and
-        stays). The slam map is created at the first keyframe, in the frame of its odometry.
+        """Starts a new slam session on an empty slam map (the node's ~/reset): the map so far is
+        renamed to `<path>.<time>`, never overwritten, and the prebuilt map is read-only and stays."""
+        self._begin_session(fresh=True)
 
-        A slam map already on disk is never overwritten: it is renamed to `<path>.<time>` first.
+    def _begin_session(self, fresh: bool) -> None:
+        """A new slam session: new session id, keyframe selection and loop detection start over.
+
+        Without ``fresh``, a slam map at the path is continued: its keyframes stay in the map and the
+        new ones get the ids after them, so (session id, keyframe id) never names two keyframes. The
+        loop detector searches this session's keyframes only (it needs each keyframe's stamp, path
+        length and, for geometric verification, image, which the map does not keep). With ``fresh``,
+        or when the path holds no map, whatever is there is renamed to `<path>.<time>` and the slam
+        map is created at the first keyframe, in the frame of its odometry.
         """
         self.session_id = time.strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(3)
         self.loop_detector = LoopDetector(self.config.loop)
         self.keyframes.reset()
-        self._keyframe_frames = []
+        self._keyframe_frames = {}
         self._filters = {}
+        self.slam_write_error = ""
         if self.slam_map is not None:
             self.slam_map.close()
         self.slam_map = None
         if self.config.mode == "localization":
             return
         path = self._slam_path()
-        if path.exists():
-            path.rename(path.with_name(f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"))
+        if not path.exists():
+            return
+        if fresh or not (path / MANIFEST).is_file():
+            path.rename(_aside_name(path))
+            return
+        try:
+            self.slam_map = MapDB.load(path, expected_fingerprint=self.encoder.fingerprint, verify=True)
+        except MapError as exc:
+            raise MapError(f"the slam map cannot be continued: {refusal_line(exc)}; start a fresh slam map instead "
+                           "(slam.fresh_start: true renames this one aside) or choose another map.slam_path") from exc
 
     def _slam_path(self) -> Path:
         if self._slam_dir is None:
@@ -386,10 +414,18 @@ class Localizer:
             return
         record = PlaceRecord(stamp_ns=r.frame.stamp_ns or 0, source=r.frame.source, camera=r.frame.camera,
                              pose=None if camera_pose is None else tuple(float(x) for x in camera_pose))
-        (kf_id,) = self._open_slam_map(r.frame).append(code[None], desc[None], [record])
+        try:
+            (kf_id,) = self._open_slam_map(r.frame).append(code[None], desc[None], [record])
+        except (OSError, MapError, sqlite3.Error) as exc:
+            # Disk full, read-only or vanished directory: this keyframe is lost (the map keeps its last
+            # commit), the frame's localization stands, and the next keyframe tries again.
+            self.slam_write_failures += 1
+            self.slam_write_error = f"slam keyframe not stored in {self._slam_path()}: {refusal_line(exc)}"
+            return
+        self.slam_write_error = ""
         r.keyframe_id = int(kf_id)
         r.session_id = self.session_id
-        self._keyframe_frames.append(r.frame.frame_id)
+        self._keyframe_frames[r.keyframe_id] = r.frame.frame_id
         geometric = self.config.loop.geometric != "none"
         r.loop = self.loop_detector.update(Keyframe(
             id=int(kf_id), stamp=stamp, desc=desc, code=code, pose=camera_pose,
@@ -403,6 +439,16 @@ def margin_of(ids: np.ndarray, scores: np.ndarray, cfg: LocalizationConfig) -> f
     """Best score minus the best score at a place more than ``distinct_places`` ids away."""
     distinct = np.abs(ids - ids[0]) > cfg.distinct_places
     return float(scores[0] - scores[distinct][0]) if distinct.any() else None
+
+
+def _aside_name(path: Path) -> Path:
+    """`<path>.<time>`, with a counter when that is taken: two resets within one second must not
+    rename one map onto the other."""
+    stem = f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = path.with_name(stem), 1
+    while candidate.exists():
+        candidate, n = path.with_name(f"{stem}-{n}"), n + 1
+    return candidate
 
 
 def _memory_map_dir() -> Path:

@@ -29,6 +29,7 @@ from vpr_core.localizer import MODES, FrameResult, LocalizationConfig, Localizer
 from vpr_core.messages import (loop_closure_fields, place_match_array_fields, pose_with_covariance_fields,
                                 time_fields)
 from vpr_core.cli import run_module
+from vpr_core.options import COSINE, COUNT, argument
 from vpr_core.sequence_filter import SequenceFilterConfig
 
 MSG_DIR = Path(__file__).resolve().parents[1] / "msg"
@@ -169,31 +170,30 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--map", default="", help="map database directory, or a Milvus collection (milvus://HOST:PORT/"
                         "COLLECTION, milvus-lite:FILE.db/COLLECTION); localization and both modes")
     parser.add_argument("--mode", default="localization", choices=MODES)
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--min-score", type=float, default=LocalizationConfig.min_score)
+    parser.add_argument("--top-k", type=argument(int, COUNT), default=5, help="matches per frame (>= 1)")
+    parser.add_argument("--min-score", type=argument(float, COSINE), default=LocalizationConfig.min_score,
+                        help="cosine score the best match needs to be accepted, in [-1, 1]")
     add_encoder_arguments(parser)
     parser.add_argument("--local", default="", help="FoL++ local branch checkpoint directory: adds local "
                         "re-ranking (the map needs its patches: vpr add-local)")
     parser.add_argument("--filter", action="store_true", help="sequence filter over the map's places (the node's "
                         "filter.enabled, its other settings at their defaults); the map must be in route order")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=argument(int, COUNT), default=8, help="frames encoded at once (>= 1)")
     parser.add_argument("--realtime", action="store_true", help="pace the frames at the bag's own rate")
     parser.add_argument("--out", type=Path, default=Path("replay.jsonl"), help="JSON lines, one per frame")
     parser.add_argument("--out-bag", type=Path, default=None, help="write our messages to this rosbag2 (mcap)")
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        topics = f"?topics={args.topics}" if args.topics else ""
-        source = open_source(f"rosbag:{args.bag}{topics}")
-        config = LocalizerConfig(mode=args.mode, map_path=args.map, encoder=encoder_config(args),
-                                 local_branch=args.local, localization=LocalizationConfig(top_k=args.top_k, min_score=args.min_score),
-                                 filter=SequenceFilterConfig(enabled=args.filter))
-        summary = replay(iter(source), len(source), Localizer(config), batch_size=args.batch_size,
-                         realtime=args.realtime, jsonl=args.out, out_bag=args.out_bag)
-    except (ValueError, OSError) as exc:
-        print(f"vpr replay: {exc}", file=sys.stderr)
-        return 2
+    """Refusals (a missing bag or map, a backend that is not installed) reach the user as one line
+    through `vpr_core.cli.run_module`."""
+    topics = f"?topics={args.topics}" if args.topics else ""
+    source = open_source(f"rosbag:{args.bag}{topics}")
+    config = LocalizerConfig(mode=args.mode, map_path=args.map, encoder=encoder_config(args),
+                             local_branch=args.local, localization=LocalizationConfig(top_k=args.top_k, min_score=args.min_score),
+                             filter=SequenceFilterConfig(enabled=args.filter))
+    summary = replay(iter(source), len(source), Localizer(config), batch_size=args.batch_size,
+                     realtime=args.realtime, jsonl=args.out, out_bag=args.out_bag)
     rate = summary.frames / summary.wall_s if summary.wall_s else float("nan")
     print(f"{summary.frames} frames in {summary.wall_s:.1f} s ({rate:.1f} frames/s, "
           f"{summary.realtime_factor:.1f}x the bag's duration of {summary.bag_s:.1f} s); "

@@ -16,8 +16,10 @@ from pathlib import Path
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.highlevel import AnyReaderError
 from rosbags.typesys import Stores, get_typestore
+
+from vpr_core.data.rosbag import open_bag
 
 
 def message_class(msgtype: str):
@@ -49,7 +51,7 @@ def play(node: Node, args: argparse.Namespace) -> int:
     """Publishes the bag once (or forever with --loop); returns the number of messages published."""
     store = get_typestore(Stores.ROS2_KILTED)
     published = 0
-    with AnyReader([args.bag], default_typestore=store) as reader:
+    with open_bag(args.bag) as reader:  # a damaged bag: what comes before the damage, with a warning
         available = {c.topic for c in reader.connections}
         wanted = set(args.topics) if args.topics else available
         missing = wanted - available

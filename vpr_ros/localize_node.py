@@ -11,10 +11,12 @@ import sys
 from typing import Callable
 
 import rclpy
+from rclpy.exceptions import NameValidationException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
-from vpr_ros.parameters import ParameterError, declare
+from vpr_core.options import EXIT_REFUSED, REFUSALS, refusal_line
+from vpr_ros.parameters import declare
 from vpr_ros.runtime import LocalizerRuntime
 
 NODE_NAME = "vpr_localizer"
@@ -50,15 +52,19 @@ def spin(node: Node, on_exit: Callable[[], None]) -> None:
 
 
 def run(node_class: type[Node], argv: list[str] | None = None) -> int:
-    """Creates the node (exit code 2 and one line naming the parameter when it refuses to start),
-    spins it, and frees it on exit; shared with the managed node."""
+    """Creates the node, spins it, and frees it on exit; shared with the managed node.
+
+    Every refusal to start (a bad parameter, a topic name rclpy cannot resolve, a model, backend or
+    map that cannot be loaded) is one logged line "not started: <reason>" and exit code 2, the
+    `vpr` command's rule (`vpr_core.options`): the package's error families plus rclpy's name
+    validation errors, which derive from neither."""
     rclpy.init(args=argv)
     try:
         node = node_class()
-    except ParameterError as exc:
-        rclpy.logging.get_logger(NODE_NAME).error(f"not started: {exc}")
+    except (*REFUSALS, NameValidationException) as exc:
+        rclpy.logging.get_logger(NODE_NAME).error(f"not started: {refusal_line(exc)}")
         rclpy.try_shutdown()
-        return 2
+        return EXIT_REFUSED
     spin(node, node.free)
     return 0
 

@@ -17,26 +17,17 @@ from rclpy.exceptions import InvalidTopicNameException
 from rclpy.node import Node
 from rclpy.validate_topic_name import validate_topic_name
 
+# The numeric rules are shared with the `vpr` command's options (vpr_core never imports ROS).
+from vpr_core.options import COSINE, COUNT, NON_NEGATIVE, THREADS, at_least, between, one_of
+
 MODES = ("localization", "slam", "both")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-QOS_PROFILES = ("sensor_data", "reliable")
+QOS_PROFILES = ("auto", "sensor_data", "reliable")
 GEOMETRIC = ("none", "orb", "sift")
 
 
 class ParameterError(ValueError):
     """A parameter value that the node refuses to start with."""
-
-
-def _one_of(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
-
-
-def _at_least(low: float) -> Callable[[Any], str | None]:
-    return lambda v: None if v >= low else f"must be >= {low}"
-
-
-def _between(low: float, high: float) -> Callable[[Any], str | None]:
-    return lambda v: None if (math.isfinite(v) and low <= v <= high) else f"must be in [{low}, {high}]"
 
 
 def _topic_problem(topic: str) -> str | None:
@@ -53,6 +44,10 @@ def _topics(v: list[str]) -> str | None:
     if len(set(v)) != len(v):
         return "lists a topic twice"
     return next(filter(None, map(_topic_problem, v)), None)
+
+
+def _topic_or_empty(v: str) -> str | None:
+    return None if v == "" else _topic_problem(v)
 
 
 def _none_or_topics(v: list[str]) -> str | None:
@@ -132,15 +127,18 @@ SPECS: tuple[Spec, ...] = (
          "metres, same size and intrinsics): 'none', or one topic per image topic ('' for a camera without). "
          "With depth, slam-mode loop closures carry METRIC transforms.", _none_or_topics),
     Spec("depth.max_time_diff_s", 0.05, "Largest stamp difference between an image and the depth image used "
-         "with it.", _between(0.0, 10.0)),
-    Spec("qos", "sensor_data", "QoS of the image subscriptions: sensor_data (best effort) or reliable.",
-         _one_of(QOS_PROFILES)),
-    Spec("qos_depth", 5, "History depth of the image subscriptions.", _at_least(1)),
+         "with it.", between(0.0, 10.0)),
+    Spec("qos", "auto",
+         "Reliability of the image, CameraInfo and depth subscriptions. auto: reliable, unless a publisher of "
+         "the topic offers only best effort (a reliable reader cannot match it); sensor_data: best effort "
+         "(loses most VGA and larger frames in DDS on this kind of machine, README 'Frames lost before the "
+         "node'); reliable: reliable (receives nothing from a best-effort publisher).", one_of(QOS_PROFILES)),
+    Spec("qos_depth", 5, "History depth of the image subscriptions.", at_least(1)),
     Spec("max_rate_hz", 0.0, "Per-camera frame-rate limit; 0 processes every frame the worker can take.",
-         _at_least(0.0), dynamic=True),
+         at_least(0.0), dynamic=True),
     Spec("mode", "localization",
          "localization: match against the prebuilt map (read-only). slam: build a map of keyframes and "
-         "detect loop closures. both: do both.", _one_of(MODES)),
+         "detect loop closures. both: do both.", one_of(MODES)),
     Spec("model.preset", "lite0", "Model preset used when model.checkpoint is empty."),
     Spec("model.checkpoint", "checkpoints/lite0-nordland",
          "Head checkpoint directory (safetensors + JSON); empty uses model.preset. A relative path is looked "
@@ -148,11 +146,11 @@ SPECS: tuple[Spec, ...] = (
          "lite0 heads trained on Nordland)."),
     Spec("model.backbone_weights", "",
          "Local path of the backbone weights; empty uses the weights shipped with the preset's package."),
-    Spec("model.backend", "auto", "Inference backend: auto, torch, onnxruntime or tensorrt.", _one_of(BACKENDS)),
+    Spec("model.backend", "auto", "Inference backend: auto, torch, onnxruntime or tensorrt.", one_of(BACKENDS)),
     Spec("model.engine_cache_dir", "", "Where exported ONNX files and TensorRT engines are cached; "
          "empty uses ~/.cache/vpr_ros."),
-    Spec("model.max_batch", 4, "Largest batch of camera frames encoded at once.", _at_least(1)),
-    Spec("model.threads", 0, "CPU threads of the inference backend; 0 lets it choose.", _at_least(0)),
+    Spec("model.max_batch", 4, "Largest batch of camera frames encoded at once.", COUNT),
+    Spec("model.threads", 0, "CPU threads of the inference backend; 0 lets it choose.", THREADS),
     Spec("model.allow_batch_dependent", False,
          "Allow a model whose descriptor depends on the other images of the batch (SAGE InteractHead). "
          "Per-frame results then depend on which frames arrive together."),
@@ -165,72 +163,76 @@ SPECS: tuple[Spec, ...] = (
          "milvus://HOST:PORT/COLLECTION (a server shared by a fleet) or milvus-lite:FILE.db/COLLECTION."),
     Spec("map.slam_path", "",
          "Directory of the slam map (slam and both modes). Every keyframe is committed to it when it is "
-         "added; an existing map there is renamed to <path>.<time> at start and at ~/reset. Empty keeps the "
-         "keyframes in a temporary directory removed at exit (~/save_map then refuses)."),
-    Spec("search.top_k", 5, "Matches published per query.", _at_least(1), dynamic=True),
+         "added; a slam map already there is continued at start (new session, ids after its last keyframe; "
+         "see slam.fresh_start), and renamed to <path>.<time> at ~/reset. Empty keeps the keyframes in a "
+         "temporary directory removed at exit (~/save_map then refuses)."),
+    Spec("slam.fresh_start", False,
+         "At start, rename a slam map found at map.slam_path to <path>.<time> (never overwritten) and begin "
+         "an empty one, instead of continuing it."),
+    Spec("search.top_k", 5, "Matches published per query.", COUNT, dynamic=True),
     Spec("search.rerank_k", 100, "Largest pool of binary-code candidates re-ranked by float descriptors.",
-         _at_least(1)),
+         at_least(1)),
     Spec("search.adaptive", True, "Size the re-rank pool per query from the Hamming distance distribution."),
-    Spec("search.threads", 1, "Threads of the map search.", _at_least(1)),
+    Spec("search.threads", 1, "Threads of the map search.", at_least(1)),
     Spec("search.local_margin", 0.02, "Local stage: matches within this cosine of the best are re-ranked.",
-         _between(0.0, 2.0)),
-    Spec("search.local_max_candidates", 20, "Local stage: most matches re-ranked per query.", _at_least(1)),
+         between(0.0, 2.0)),
+    Spec("search.local_max_candidates", 20, "Local stage: most matches re-ranked per query.", at_least(1)),
     Spec("search.local_weight", 0.5, "Local stage: weight of the local score against the global cosine.",
-         _between(0.0, 1.0)),
-    Spec("localization.min_score", 0.5, "Cosine score the best match needs to be accepted.", _between(-1.0, 1.0),
+         between(0.0, 1.0)),
+    Spec("localization.min_score", 0.5, "Cosine score the best match needs to be accepted.", COSINE,
          dynamic=True),
     Spec("localization.min_margin", 0.02,
-         "Score margin the best match needs over the best match at a distinct place.", _between(0.0, 2.0),
+         "Score margin the best match needs over the best match at a distinct place.", between(0.0, 2.0),
          dynamic=True),
     Spec("localization.distinct_places", 5,
          "Map places within this many ids of the best match count as the same place for the margin test.",
-         _at_least(0), dynamic=True),
+         at_least(0), dynamic=True),
     Spec("localization.min_contrast", 0.03,
          "A frame whose RMS grey contrast is below this (dark, blank) is never accepted. Chosen on the "
-         "Nordland-tiny development section, above its black tunnel frames (0.012-0.02).", _between(0.0, 1.0),
+         "Nordland-tiny development section, above its black tunnel frames (0.012-0.02).", between(0.0, 1.0),
          dynamic=True),
     Spec("pose.position_std_m", 2.0, "~/pose: position standard deviation of a clear match (the map's place "
-         "spacing and route width).", _between(1e-6, 1e6), dynamic=True),
+         "spacing and route width).", between(1e-6, 1e6), dynamic=True),
     Spec("pose.rotation_std_deg", 15.0, "~/pose: rotation standard deviation of a clear match.",
-         _between(1e-6, 180.0), dynamic=True),
+         between(1e-6, 180.0), dynamic=True),
     Spec("pose.full_margin", 0.1, "~/pose: score margin at and above which the standard deviations are not "
-         "widened; below it they are multiplied by full_margin / margin.", _between(1e-6, 2.0), dynamic=True),
+         "widened; below it they are multiplied by full_margin / margin.", between(1e-6, 2.0), dynamic=True),
     Spec("pose.max_widening", 10.0, "~/pose: largest factor on the standard deviations of a weak match.",
-         _between(1.0, 1e6), dynamic=True),
+         between(1.0, 1e6), dynamic=True),
     Spec("filter.enabled", False,
          "Sequence filter: a causal Bayes filter over the map's places (ids in recorded order) per camera. On, "
          "~/matches puts its most probable place first (raw retrieval in raw_matches), acceptance and ~/pose "
          "follow it. Odometry, when the frames have it and the map has poses, sets how far it moves. Needs a "
          "prebuilt map (mode localization or both)."),
     Spec("filter.top_k", 200, "Sequence filter: two-stage results per frame that enter its observation.",
-         _at_least(2)),
+         at_least(2)),
     Spec("filter.temperature", 1.5, "Sequence filter: divides the z-normalised scores of the top_k results; "
-         "lower trusts a single frame more.", _between(1e-3, 1e3)),
+         "lower trusts a single frame more.", between(1e-3, 1e3)),
     Spec("filter.max_speed", 3, "Sequence filter: largest speed in map places per motion step, both "
-         "directions.", _at_least(0)),
+         "directions.", at_least(0)),
     Spec("filter.speed_change", 0.05, "Sequence filter: probability per step that the speed changes, to any "
-         "other speed alike (stops, reversals, speed-ups).", _between(0.0, 1.0)),
+         "other speed alike (stops, reversals, speed-ups).", between(0.0, 1.0)),
     Spec("filter.position_jitter", 0.05, "Sequence filter: probability per step of one place extra forward "
-         "or back.", _between(0.0, 1.0)),
+         "or back.", between(0.0, 1.0)),
     Spec("filter.lost_probability", 0.003, "Sequence filter: share of the belief spread over the whole map "
-         "each step, so that a kidnapped robot re-localizes.", _between(0.0, 1.0)),
+         "each step, so that a kidnapped robot re-localizes.", between(0.0, 1.0)),
     Spec("filter.max_hypotheses", 256, "Sequence filter: most (place, speed) states kept explicitly.",
-         _at_least(1)),
+         at_least(1)),
     Spec("filter.confidence_radius", 1, "Sequence filter: places within this many ids of the best one count "
-         "towards its probability.", _at_least(0)),
+         "towards its probability.", at_least(0)),
     Spec("filter.min_probability", 0.5, "Sequence filter: probability the best place needs to be accepted.",
-         _between(0.0, 1.0), dynamic=True),
+         between(0.0, 1.0), dynamic=True),
     Spec("filter.step_period_s", 0.0, "Sequence filter: > 0 makes one motion step per this many seconds "
-         "between frames (dropped frames move the belief further); 0: one step per frame.", _between(0.0, 3600.0)),
-    Spec("filter.max_steps", 10, "Sequence filter: most motion steps for one gap between frames.", _at_least(1)),
-    Spec("keyframe.min_interval_s", 0.5, "slam: least time between two keyframes.", _at_least(0.0), dynamic=True),
+         "between frames (dropped frames move the belief further); 0: one step per frame.", between(0.0, 3600.0)),
+    Spec("filter.max_steps", 10, "Sequence filter: most motion steps for one gap between frames.", at_least(1)),
+    Spec("keyframe.min_interval_s", 0.5, "slam: least time between two keyframes.", NON_NEGATIVE, dynamic=True),
     Spec("keyframe.min_distance_m", 0.0, "slam: least travel between keyframes when odometry is given.",
-         _at_least(0.0), dynamic=True),
+         NON_NEGATIVE, dynamic=True),
     Spec("keyframe.max_similarity", 0.98,
          "slam: a frame whose cosine to the last keyframe is above this is not a new keyframe.",
-         _between(-1.0, 1.0), dynamic=True),
+         COSINE, dynamic=True),
     Spec("odom_topic", "", "Optional nav_msgs/Odometry topic: slam keyframe poses, interpolated between the two "
-         "messages around the image stamp; the slam map takes the odometry's header.frame_id."),
+         "messages around the image stamp; the slam map takes the odometry's header.frame_id.", _topic_or_empty),
     Spec("frames.map", "", "Frame of ~/pose; empty takes the prebuilt map's frame, otherwise it must equal it.",
          _frame_name_or_empty),
     Spec("frames.odom", "odom", "Frame of the slam keyframes' poses until an odometry message names one.",
@@ -243,28 +245,28 @@ SPECS: tuple[Spec, ...] = (
     Spec("frames.use_tf", True, "Look the camera's pose in frames.base up from tf (frames.base -> the image's "
          "frame_id) where tf2_ros is installed; frames.base_to_camera otherwise."),
     Spec("loop.exclude_recent_frames", 20, "Keyframes just before the query that never count as a loop.",
-         _at_least(0)),
+         at_least(0)),
     Spec("loop.exclude_recent_seconds", 10.0, "Seconds before the query that never count as a loop.",
-         _at_least(0.0)),
+         at_least(0.0)),
     Spec("loop.min_score", 0.65, "Cosine score a loop candidate needs. Chosen for the shipped heads on the "
          "Nordland-tiny development section: the lowest 0.01 step above its every false closure (README).",
-         _between(-1.0, 1.0), dynamic=True),
+         COSINE, dynamic=True),
     Spec("loop.min_departure", 0.35,
          "A loop needs a keyframe between match and query scoring this much below the match: the robot left "
-         "the place (0 disables). Chosen on the Nordland-tiny development section (README).", _between(0.0, 2.0),
+         "the place (0 disables). Chosen on the Nordland-tiny development section (README).", between(0.0, 2.0),
          dynamic=True),
     Spec("loop.min_contrast", 0.03,
          "A keyframe whose RMS grey contrast is below this neither closes a loop nor is found as one "
-         "(chosen as localization.min_contrast).", _between(0.0, 1.0), dynamic=True),
+         "(chosen as localization.min_contrast).", between(0.0, 1.0), dynamic=True),
     Spec("loop.consistency_k", 2, "A loop is published after k of the last n queries agree; 1 disables it.",
-         _at_least(1)),
-    Spec("loop.consistency_n", 3, "Window n of the consistency check.", _at_least(1)),
+         at_least(1)),
+    Spec("loop.consistency_n", 3, "Window n of the consistency check.", at_least(1)),
     Spec("loop.geometric", "none", "Geometric verification: none, orb or sift. With intrinsics (CameraInfo or "
-         "camera.intrinsics) it also measures the loop's relative pose.", _one_of(GEOMETRIC)),
-    Spec("loop.min_inliers", 30, "Inliers the geometric verification needs.", _at_least(5)),
+         "camera.intrinsics) it also measures the loop's relative pose.", one_of(GEOMETRIC)),
+    Spec("loop.min_inliers", 30, "Inliers the geometric verification needs.", at_least(5)),
     Spec("publish_debug_image", False, "Publish ~/debug_image (rgb8): the query with the best place, its name, "
          "score and decision written under it (the map keeps no images)."),
-    Spec("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", _between(0.05, 3600.0)),
+    Spec("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", between(0.05, 3600.0)),
 )
 
 
@@ -291,7 +293,26 @@ def declare(node: Node) -> dict[str, Any]:
     for name, value in values.items():
         _check_one(name, value)
     _check_together(values)
+    _check_resolvable(node, values)
     return values
+
+
+_TOPIC_PARAMETERS = ("image_topics", "camera_info_topics", "depth_topics", "odom_topic")
+
+
+def _check_resolvable(node: Node, v: dict[str, Any]) -> None:
+    """A well-formed name can still fail to expand in this node (an unknown ``{substitution}``);
+    rclpy would only say so when subscribing, after the model has loaded, with a traceback."""
+    for name in _TOPIC_PARAMETERS:
+        for topic in v[name] if isinstance(v[name], list) else [v[name]]:
+            if topic in ("", "auto", "none"):
+                continue
+            try:
+                node.resolve_topic_name(topic)
+            except RuntimeError as exc:  # rclpy's RCLError
+                reason = str(exc).split(", at ")[0]  # drops the C source location
+                raise ParameterError(f"parameter '{name}' has a topic name {topic!r} that cannot be resolved "
+                                     f"({reason}); the known substitutions are {{node}}, {{ns}} and {{namespace}}") from None
 
 
 def checked_change(values: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -441,7 +462,7 @@ def localizer_config(v: dict[str, Any]):
     return LocalizerConfig(
         mode=v["mode"], map_path=(v["map.path"] if is_milvus_uri(v["map.path"]) or not v["map.path"]
                                   else str(Path(v["map.path"]).expanduser())),
-        slam_map_path=v["map.slam_path"],
+        slam_map_path=v["map.slam_path"], slam_fresh_start=v["slam.fresh_start"],
         encoder=EncoderConfig(preset=v["model.preset"], checkpoint=v["model.checkpoint"],
                               backbone_weights=v["model.backbone_weights"], backend=v["model.backend"],
                               max_batch=v["model.max_batch"], threads=v["model.threads"],

@@ -26,6 +26,7 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -36,6 +37,8 @@ from vpr_core.data.frame import DataError, Frame
 from vpr_core.data.ros_image import depth_msg_to_metres, image_msg_to_rgb
 from vpr_core.debug_view import match_panel
 from vpr_core.localizer import FrameResult, Localizer
+from vpr_core.options import REFUSALS, refusal_line
+from vpr_core.input_loss import UpstreamLoss
 from vpr_core.loop.relative_pose import CameraModel
 from vpr_ros.conversion import loop_closure, place_match_array, pose_with_covariance, rgb_image, stamp_to_ns
 from vpr_ros.extrinsics import TfExtrinsics, tf_available
@@ -43,6 +46,7 @@ from vpr_ros.msg import LoopClosure, PlaceMatchArray
 from vpr_ros.parameters import ParameterError, checked_change, localizer_config, thresholds
 
 LATENCY_WINDOW = 200
+UPSTREAM_LOSS_WARN = 0.05  # share of a camera's frames lost before the node that turns diagnostics WARN
 ODOM_MAX_SPAN_NS = 500_000_000        # two odometry messages further apart give no interpolated pose
 ODOM_MAX_EXTRAPOLATION_NS = 100_000_000  # past the newest message, its pose stands in this long
 
@@ -57,6 +61,7 @@ class CameraStats:
     last_taken: float = -1e18
     arrivals: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     done: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    upstream: UpstreamLoss = field(default_factory=UpstreamLoss)  # frames the camera sent that never came
 
 
 @dataclass
@@ -86,11 +91,17 @@ def camera_info_sibling(image_topic: str) -> str:
     return f"{head}/camera_info" if head or base.startswith("/") else "camera_info"
 
 
-def sensor_qos(params: dict[str, Any]) -> QoSProfile:
+def sensor_qos(params: dict[str, Any], reliable: bool) -> QoSProfile:
     """A profile of our own (rclpy's shared qos_profile_sensor_data is never mutated)."""
-    reliability = ReliabilityPolicy.BEST_EFFORT if params["qos"] == "sensor_data" else ReliabilityPolicy.RELIABLE
+    reliability = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=params["qos_depth"], reliability=reliability,
                       durability=DurabilityPolicy.VOLATILE)
+
+
+def offers_only_best_effort(node: Node, topic: str) -> bool:
+    """Whether a publisher of ``topic`` offers best effort: a reliable subscription would not match it."""
+    return any(info.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+               for info in node.get_publishers_info_by_topic(topic))
 
 
 class LocalizerRuntime:
@@ -98,8 +109,8 @@ class LocalizerRuntime:
         self.node, self.params = node, params
         try:
             self.localizer = Localizer(localizer_config(params))
-        except (ValueError, FileNotFoundError, OSError) as exc:
-            raise ParameterError(f"the model or map could not be loaded: {exc}") from exc
+        except REFUSALS as exc:  # e.g. BackendUnavailable: the managed node's configure fails with the reason
+            raise ParameterError(f"the model or map could not be loaded: {refusal_line(exc)}") from exc
         if params["frames.map"] and self.localizer.map is not None and params["frames.map"] != self.localizer.map_frame:
             raise ParameterError(f"parameter 'frames.map' = '{params['frames.map']}' differs from the frame of the "
                                  f"map's poses, '{self.localizer.map_frame}'; set it to '' or rebuild the map with "
@@ -124,6 +135,8 @@ class LocalizerRuntime:
         self._running = False
         self._worker: threading.Thread | None = None
         self._inputs: list = []
+        self._subscriptions: dict[str, tuple] = {}  # camera topic -> (message type, callback, subscription)
+        self._downgrade: set[str] = set()  # topics whose reliable subscription met a best-effort publisher
         self._timer = None
 
         self.pub_matches = node.create_publisher(PlaceMatchArray, "~/matches", 10)
@@ -147,17 +160,15 @@ class LocalizerRuntime:
 
     # --- activation ------------------------------------------------------------------------------
     def start(self) -> None:
-        node, qos = self.node, sensor_qos(self.params)
+        node = self.node
         for topic in self._topics:
             kind = CompressedImage if topic.rstrip("/").endswith("/compressed") else Image
-            self._inputs.append(node.create_subscription(kind, topic, lambda m, t=topic: self._on_image(t, m), qos))
+            self._subscribe(kind, topic, lambda m, t=topic: self._on_image(t, m))
             inputs = self._cameras[topic]
             if inputs.info_topic:
-                self._inputs.append(node.create_subscription(
-                    CameraInfo, inputs.info_topic, lambda m, c=inputs: self._on_camera_info(c, m), qos))
+                self._subscribe(CameraInfo, inputs.info_topic, lambda m, c=inputs: self._on_camera_info(c, m))
             if inputs.depth_topic:
-                self._inputs.append(node.create_subscription(
-                    Image, inputs.depth_topic, lambda m, c=inputs: self._on_depth(c, m), qos))
+                self._subscribe(Image, inputs.depth_topic, lambda m, c=inputs: self._on_depth(c, m))
         if self.params["odom_topic"]:
             self._inputs.append(node.create_subscription(Odometry, self.params["odom_topic"], self._on_odom, 50))
         if self.params["frames.use_tf"] and tf_available() and self._tf is None:
@@ -167,10 +178,40 @@ class LocalizerRuntime:
         self._worker = threading.Thread(target=self._work, name="vpr_worker", daemon=True)
         self._worker.start()
 
+    def _subscribe(self, kind, topic: str, callback) -> None:
+        """A camera subscription with the reliability ``qos`` asks for. With auto: reliable (a best
+        effort reader loses large frames in DDS: README "Frames lost before the node") unless the
+        topic's publishers offer only best effort, now or when one appears later (then this
+        subscription is replaced by a best-effort one, once)."""
+        choice = self.params["qos"]
+        reliable = choice == "reliable" or (choice == "auto" and not offers_only_best_effort(self.node, topic))
+        events = None
+        if choice == "auto" and reliable:
+            events = SubscriptionEventCallbacks(incompatible_qos=lambda _info: self._downgrade.add(topic))
+        subscription = self.node.create_subscription(kind, topic, callback, sensor_qos(self.params, reliable),
+                                                     event_callbacks=events)
+        self._inputs.append(subscription)
+        self._subscriptions[topic] = (kind, callback, subscription)
+
+    def _apply_downgrades(self) -> None:
+        """Replaces the reliable subscriptions that met a best-effort publisher (qos auto); run by the
+        diagnostics timer, outside the subscriptions' own callbacks."""
+        while self._downgrade:
+            topic = self._downgrade.pop()
+            kind, callback, old = self._subscriptions[topic]
+            self.node.destroy_subscription(old)
+            self._inputs.remove(old)
+            new = self.node.create_subscription(kind, topic, callback, sensor_qos(self.params, reliable=False))
+            self._inputs.append(new)
+            self._subscriptions[topic] = (kind, callback, new)
+            self.node.get_logger().info(f"{topic}: its publisher offers best effort only; subscribed best effort "
+                                        "(qos auto)")
+
     def stop(self) -> None:
         for entity in self._inputs:
             self.node.destroy_subscription(entity)
         self._inputs = []
+        self._subscriptions = {}
         if self._timer is not None:
             self.node.destroy_timer(self._timer)
             self._timer = None
@@ -200,6 +241,7 @@ class LocalizerRuntime:
         stats = self._stats[topic]
         stats.received += 1
         stats.arrivals.append(now)
+        stats.upstream.add(stamp_to_ns(msg.header.stamp))
         max_rate = self.params["max_rate_hz"]
         if max_rate > 0 and now - stats.last_taken < 1.0 / max_rate:
             stats.rate_limited += 1
@@ -337,7 +379,8 @@ class LocalizerRuntime:
                 response.success, response.message = False, str(exc)
                 return response
         response.success = True
-        response.message = f"new session {self.localizer.session_id}: keyframes and loop-closure state cleared"
+        response.message = (f"new session {self.localizer.session_id} on an empty slam map (the previous one is "
+                            "renamed to <path>.<time>): keyframes and loop-closure state cleared")
         return response
 
     def _on_set_parameters(self, changes: list) -> SetParametersResult:
@@ -353,6 +396,7 @@ class LocalizerRuntime:
 
     # --- diagnostics -----------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        self._apply_downgrades()
         now = time.monotonic()
         statuses = [self._pipeline_status(now)]
         if self.localizer.map is not None:
@@ -363,7 +407,8 @@ class LocalizerRuntime:
     def _pipeline_status(self, now: float) -> DiagnosticStatus:
         status = DiagnosticStatus(name=f"{self.name}: pipeline", hardware_id=self.name)
         values = {"map places": self.localizer.map_size, "keyframes": self.localizer.keyframe_count,
-                  "session": self.localizer.session_id, "processing errors": self._errors}
+                  "session": self.localizer.session_id, "processing errors": self._errors,
+                  "slam keyframes not stored": self.localizer.slam_write_failures}
         for name, ms in (("encode", self._encode_ms), ("search", self._search_ms)):
             if ms:
                 values[f"{name} ms p50"] = f"{np.percentile(ms, 50):.2f}"
@@ -375,13 +420,26 @@ class LocalizerRuntime:
                 f"{topic} processed Hz": f"{_rate(s.done, now):.2f}",
                 f"{topic} received": s.received, f"{topic} processed": s.processed,
                 f"{topic} dropped": s.dropped, f"{topic} rate limited": s.rate_limited,
-                f"{topic} malformed": s.malformed,
+                f"{topic} malformed": s.malformed, f"{topic} lost upstream": s.upstream.lost,
                 f"{topic} intrinsics": "known" if self._cameras[topic].model is not None else "unknown"})
             if s.malformed:
                 problems.append(f"{s.malformed} malformed on {topic}")
+            upstream = s.upstream.estimate()
+            if upstream.loss_ratio > UPSTREAM_LOSS_WARN:
+                problems.append(f"{topic}: {100 * upstream.loss_ratio:.0f} % of the camera's frames never arrived "
+                                f"({upstream.lost} of {upstream.received + upstream.lost}; a best-effort "
+                                "subscription loses large images: qos reliable or auto)")
         if self.localizer.map_unavailable:  # frames are published unlocalized until it answers again
             problems.append(f"map database unreachable: {self.localizer.map_unavailable}")
-        status.level = DiagnosticStatus.WARN if problems or self._errors else DiagnosticStatus.OK
+        # A slam map that cannot be written loses keyframes while matches still flow: an ERROR until a
+        # keyframe is stored again, then a WARN with the count, so a passing disk problem stays visible.
+        failing = self.localizer.slam_write_error
+        if failing:
+            problems.insert(0, failing)
+        elif self.localizer.slam_write_failures:
+            problems.append(f"{self.localizer.slam_write_failures} slam keyframes were not stored")
+        status.level = (DiagnosticStatus.ERROR if failing else
+                        DiagnosticStatus.WARN if problems or self._errors else DiagnosticStatus.OK)
         status.message = "; ".join(problems) if problems else "running"
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         return status

@@ -6,10 +6,10 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from vpr_core.data.frame import DataError, Frame
+from vpr_core.data.image_check import decode_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
 
@@ -43,12 +43,15 @@ def list_images(folder: Path, *, recursive: bool = False) -> list[Path]:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """Decode an image file to uint8 RGB ``[H, W, 3]`` (grey and 16-bit files are converted)."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
-    if image is None:
-        what = "does not exist" if not Path(path).exists() else "could not be decoded as an image"
-        raise DataError(f"image file {path} {what}")
-    return image
+    """Decode an image file to uint8 RGB ``[H, W, 3]`` (grey and 16-bit files are converted) under the
+    rules of ``image_check``: ``cv2.imread`` itself would return a truncated JPEG as a grey image."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"image file {path} does not exist") from None
+    except OSError as err:
+        raise DataError(f"image file {path} could not be read: {err.strerror or err}") from None
+    return decode_image(data, f"image file {path}")
 
 
 class ImageFiles:

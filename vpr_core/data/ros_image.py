@@ -2,20 +2,21 @@
 
 Works on any object with the message's fields (rosbags or rclpy messages alike), so ``vpr_core``
 needs no ROS import. Malformed messages (unknown encoding, step or size that do not match the
-dimensions, undecodable compressed data) raise ``DataError`` saying what is wrong.
+dimensions, undecodable, truncated, too small or too large images, see ``image_check``) raise
+``DataError`` saying what is wrong.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import cv2
 import numpy as np
-from rosbags.image import ImageError, image_to_cvimage
-from rosbags.image.image import to_cvtype
+from rosbags.image import ImageError
+from rosbags.image.image import CONVERSIONS, Format, to_cvtype
 
 from vpr_core.data.frame import DataError
+from vpr_core.data.image_check import check_size, decode_image
 
 
 def image_msg_to_rgb(msg: Any) -> np.ndarray:
@@ -25,26 +26,34 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
 
 
 def compressed_to_rgb(msg: Any) -> np.ndarray:
-    # Decoded here rather than with rosbags-image's compressed_image_to_cvimage: that one asserts on
-    # undecodable data and rejects grey JPEG/PNG when asked for RGB; decoding straight to RGB handles both.
+    """Decoded under ``image_check``'s rules (size from the header before decoding, complete data).
+
+    Not rosbags-image's compressed_image_to_cvimage: that one asserts on undecodable data and rejects
+    grey JPEG/PNG when asked for RGB; decoding straight to RGB handles both.
+    """
     data = np.frombuffer(msg.data, dtype=np.uint8)
     if data.size == 0:
         raise DataError(f"CompressedImage (format {msg.format!r}) has no data")
-    rgb = cv2.imdecode(data, cv2.IMREAD_COLOR_RGB)
-    if rgb is None:
-        raise DataError(f"CompressedImage (format {msg.format!r}, {data.size} bytes) could not be decoded")
-    return rgb
+    return decode_image(data, f"CompressedImage (format {msg.format!r}, {data.size} bytes)")
 
 
 def raw_to_rgb(msg: Any) -> np.ndarray:
+    """An Image message as RGB: rows unpadded (``step``), bytes put in this machine's order
+    (``is_bigendian``), colour converted by OpenCV, 16-bit scaled to 8 bits with rounding as cv_bridge
+    does (rosbags-image truncates). The size is checked before any pixel array is made."""
     height, width, step, encoding = int(msg.height), int(msg.width), int(msg.step), str(msg.encoding)
     try:
-        _, _, typestr, channels = to_cvtype(encoding)
+        _, fmt, typestr, channels = to_cvtype(encoding)
     except ImageError:
         raise DataError(f"Image encoding {encoding!r} is not supported") from None
+    dtype = np.dtype(typestr)
+    if fmt == Format.GENERIC and (dtype not in (np.uint8, np.uint16) or channels != 3):
+        raise DataError(f"Image encoding {encoding!r} cannot be converted to RGB: only 3-channel 8UC3 / 16UC3 "
+                        "are taken as colour; publish rgb8, bgr8, mono8 or another named colour encoding")
     if height <= 0 or width <= 0:
         raise DataError(f"Image has no pixels ({width}x{height})")
-    row_bytes = width * channels * np.dtype(typestr).itemsize
+    check_size(width, height, f"Image ({encoding})")
+    row_bytes = width * channels * dtype.itemsize
     if step < row_bytes:
         raise DataError(
             f"Image step {step} is smaller than width {width} x {row_bytes // width} bytes per pixel "
@@ -55,16 +64,18 @@ def raw_to_rgb(msg: Any) -> np.ndarray:
         raise DataError(
             f"Image data has {data.size} bytes, expected step {step} x height {height} = {step * height}"
         )
-    if step != row_bytes:
-        # rosbags-image assumes rows without padding; drop the padding first.
-        data = np.ascontiguousarray(data.reshape(height, step)[:, :row_bytes]).reshape(-1)
-    packed = SimpleNamespace(
-        height=height, width=width, encoding=encoding, is_bigendian=msg.is_bigendian, data=data
-    )
+    rows = data.reshape(height, step)[:, :row_bytes]
+    wire = dtype.newbyteorder(">" if msg.is_bigendian else "<")
+    shape = (height, width) if channels == 1 else (height, width, channels)
+    pixels = np.ascontiguousarray(rows.view(wire).reshape(shape), dtype=dtype)
+    code = CONVERSIONS.get((fmt, Format.RGB))  # rosbags-image's table: encoding -> cv2.COLOR_* code
     try:
-        rgb = image_to_cvimage(packed, "rgb8")
-    except (ImageError, cv2.error) as err:
-        raise DataError(f"Image encoding {encoding!r} cannot be converted to RGB: {err}") from None
+        rgb = cv2.cvtColor(pixels, code) if code is not None else pixels
+    except cv2.error as err:
+        raise DataError(f"Image encoding {encoding!r} ({width}x{height}) cannot be converted to RGB: "
+                        f"{str(err).strip().splitlines()[-1]}") from None
+    if rgb.dtype == np.uint16:
+        rgb = cv2.convertScaleAbs(rgb, alpha=255.0 / 65535.0)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise DataError(f"Image encoding {encoding!r} did not convert to 3-channel RGB (got {rgb.shape})")
     return rgb

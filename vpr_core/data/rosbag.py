@@ -6,6 +6,11 @@ two pose messages around its stamp, and the position (sensor_msgs/NavSatFix) nea
 none when the pose messages around it are more than 2 * ``max_gap_s`` apart or the nearest fix is
 more than ``max_gap_s`` away: a stale pose would put a place in the map at the wrong spot, which is
 worse than no pose.
+
+A rosbag2 that rosbags refuses because it was cut short (a killed recorder, a full disk) is read up
+to the damage instead (vpr_core.data.bag_salvage), with a warning that says how many frames were
+read, where reading stopped and how to repair the file: the frames before the damage are the
+recording's, and losing them all for a missing footer loses data silently.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import logging
+
 import numpy as np
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.typesys import Stores, get_typestore
 
+from vpr_core.data.bag_salvage import SalvagedBag, cut_sqlite, salvage
 from vpr_core.data.frame import DataError, Frame
 from vpr_core.data.ros_image import image_msg_to_rgb
 from vpr_core.poses import interpolate
@@ -35,6 +43,8 @@ AUTO = "auto"
 NS_PER_S = 1_000_000_000
 # Deserializes rosbag2 files recorded without embedded message definitions (before ROS 2 Iron).
 DEFAULT_TYPESTORE = Stores.ROS2_KILTED
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,16 +98,64 @@ def open_source(path: Path, config: Config) -> BagSource:
     return BagSource(path, config)
 
 
+class _OpenError(DataError):
+    """rosbags refused the bag as a whole: the one failure that reading a damaged bag can recover."""
+
+
+@contextmanager
+def open_bag(path: Path) -> Iterator[AnyReader | SalvagedBag]:
+    """rosbags' reader of a bag, or the readable beginning of a damaged rosbag2 that rosbags refuses
+    (logged as a warning that says how to repair it); for readers of raw messages, like the bag
+    player. Raises DataError when nothing is readable."""
+    path = Path(path)
+    try:
+        reader = _open_reader(path)
+    except _OpenError as err:
+        bag = salvage(path, str(err))
+        log.warning(f"bag {path} is damaged: {bag.damage}; reading what comes before the damage; to repair it "
+                    f"for good: {bag.repair}")
+        yield bag
+        return
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _open_reader(path: Path) -> AnyReader:
+    if cut := cut_sqlite(path):
+        raise _OpenError(f"bag {path} could not be opened: {cut}")
+    try:
+        reader = AnyReader([path], default_typestore=get_typestore(DEFAULT_TYPESTORE))
+        reader.open()
+    except (AnyReaderError, FileNotFoundError) as err:
+        raise _OpenError(f"bag {path} could not be opened: {err}") from None
+    return reader
+
+
 class BagSource:
-    """Lazy frame source over the image topics of one bag; the bag is read again on each iteration."""
+    """Lazy frame source over the image topics of one bag; the bag is read again on each iteration.
+    ``damage`` is the warning (one line) when the bag is damaged and only its beginning is read."""
 
     def __init__(self, path: Path, config: Config) -> None:
         self.path = Path(path)
         self.name = str(self.path)
         self.config = config
         self.skipped: list[str] = []
+        self.damage = ""
+        self._salvaged: SalvagedBag | None = None
         if not self.path.exists():
             raise DataError(f"bag {self.path} does not exist")
+        try:
+            self._index()
+        except _OpenError as err:
+            self._salvaged = salvage(self.path, str(err))
+            self._index()
+            self.damage = self._damage_warning(self._salvaged)
+            log.warning(self.damage)
+
+    def _index(self) -> None:
+        """Topics, frame count and the pose and fix tracks, read once."""
         with self._open() as reader:
             self.topic_types = {name: info.msgtype for name, info in reader.topics.items()}
             counts = {name: info.msgcount for name, info in reader.topics.items()}
@@ -148,13 +206,19 @@ class BagSource:
                 )
                 index += 1
 
+    def _damage_warning(self, bag: SalvagedBag) -> str:
+        read = [bag.topics[t] for t in self.image_topics if t in bag.topics]
+        last = max((t.last_log_ns for t in read if t.last_log_ns is not None), default=None)
+        where = f"the last at bag time {_seconds(last)} s" if last is not None else "none before the damage"
+        return (f"bag {self.path} is damaged: {bag.damage}; read the {self._length} frames of "
+                f"{', '.join(self.image_topics)} before the damage ({where}); to repair it for good: {bag.repair}")
+
     @contextmanager
-    def _open(self) -> Iterator[AnyReader]:
-        try:
-            reader = AnyReader([self.path], default_typestore=get_typestore(DEFAULT_TYPESTORE))
-            reader.open()
-        except (AnyReaderError, FileNotFoundError) as err:
-            raise DataError(f"bag {self.path} could not be opened: {err}") from None
+    def _open(self) -> Iterator[AnyReader | SalvagedBag]:
+        if self._salvaged is not None:
+            yield self._salvaged
+            return
+        reader = _open_reader(self.path)
         try:
             yield reader
         finally:
@@ -188,7 +252,7 @@ class BagSource:
 
     def _read_track(
         self,
-        reader: AnyReader,
+        reader: AnyReader | SalvagedBag,
         option: str,
         types: tuple[str, ...],
         values: Callable[[Any], list[float] | None],
@@ -220,7 +284,7 @@ class BagSource:
         for connection, log_ns, raw in reader.messages(connections=connections):
             try:
                 msg = reader.deserialize(raw, connection.msgtype)
-            except AnyReaderError as err:
+            except (DataError, AnyReaderError) as err:
                 raise DataError(f"bag {self.path}: topic {wanted}, bag time {log_ns} ns: {err}") from None
             row = values(msg)
             frame_id = frame_id or getattr(getattr(msg, "header", None), "frame_id", "")
@@ -243,6 +307,10 @@ class BagSource:
             if stamp > 0:
                 return stamp
         return int(log_ns)
+
+
+def _seconds(stamp_ns: int) -> str:
+    return f"{stamp_ns // NS_PER_S}.{stamp_ns % NS_PER_S:09d}"
 
 
 def _pose_values(msg: Any) -> list[float]:
