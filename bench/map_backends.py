@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from vpr_core.mapdb import MapDB, PlaceRecord  # noqa: E402
 from vpr_core.mapstore import PlaceMap, create_map, open_map, open_searcher  # noqa: E402
 from vpr_core.search import SearchConfig, TwoStageSearcher, synthetic  # noqa: E402
@@ -70,23 +71,6 @@ class Backend:
 
     def found(self) -> np.ndarray:
         return np.stack(self.ids)
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def free_port() -> int:

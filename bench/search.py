@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from vpr_core.mapdb import MapDB, MapError, PlaceRecord  # noqa: E402
 from vpr_core.search import SearchConfig, TwoStageSearcher  # noqa: E402
 from vpr_core.search import synthetic  # noqa: E402
@@ -346,23 +347,6 @@ def print_tables(rows: list[Row], infos: list[dict], args: argparse.Namespace) -
                 print(f"| {i['places']:,} | {kind} | {f['median']:.3f} / {f['p95']:.3f} / {f['max']:.3f} | "
                       f"{f['cpu_median']:.3f} | {f['mean_hypotheses']:.0f} | {single[i['places']]:.3f} / "
                       f"{f['search_median']:.3f} (k={f['top_k']}) | {f['median'] / f['search_median']:.3f} |")
-
-
-def load_average() -> str:
-    try:
-        return Path("/proc/loadavg").read_text().split()[0]
-    except OSError:
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
 
 
 def main(argv: list[str] | None = None) -> int:

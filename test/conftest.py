@@ -46,3 +46,18 @@ def python_process(args: list[str], env: dict[str, str], **kwargs) -> subprocess
     """Starts `python <args>` with this interpreter, from the repository root, output captured."""
     return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def shipped_encoder():
+    """The node's default model (the shipped heads) on torch, one thread: what the localizer tests
+    run frames through. A fixture of the module, so torch's thread count is restored after it."""
+    import torch
+
+    from vpr_core.engine import EncoderConfig, create_encoder
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield create_encoder(EncoderConfig(checkpoint=str(REPO / "checkpoints" / "lite0-nordland"), backend="torch",
+                                       threads=1))
+    torch.set_num_threads(before)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from conftest import REPO
+from frame_sources import FirstFrames
 from vpr_core.build_map import SKIP_REPORT, BuildConfig, build_map
 from vpr_core.data import DataError, open_dataset, open_source
 from vpr_core.data.bag_writer import ImageStream, load_frames, stamps_at, write_bag
@@ -24,23 +25,6 @@ from vpr_core.mapdb import MapDB
 from vpr_core.search import SearchConfig, TwoStageSearcher
 
 FRAMES = 24
-
-
-class FirstFrames:
-    """The first `n` frames of a source; `stop_at` raises in the middle like a Ctrl-C would."""
-
-    def __init__(self, source, n: int, stop_at: int | None = None) -> None:
-        self.source, self.n, self.stop_at = source, n, stop_at
-        self.name = source.name
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        for i, frame in enumerate(islice(self.source, self.n)):
-            if i == self.stop_at:
-                raise KeyboardInterrupt
-            yield frame
 
 
 @pytest.fixture(scope="module")

@@ -5,27 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import REPO
 from vpr_core.build_map import BuildConfig, build_map
 from vpr_core.data import open_dataset
 from vpr_core.data.frame import Frame
-from vpr_core.engine import EncoderConfig, create_encoder
 from vpr_core.keyframes import KeyframeConfig
 from vpr_core.localizer import LocalizationConfig, Localizer, LocalizerConfig
 from vpr_core.loop import LoopConfig
 
 PLACES = 8
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield create_encoder(EncoderConfig(checkpoint=str(REPO / "checkpoints" / "lite0-nordland"), backend="torch",
-                                       threads=1))
-    torch.set_num_threads(before)
 
 
 def _frames(images: list[np.ndarray]) -> list[Frame]:
@@ -38,28 +26,28 @@ def _dark(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 6, (120, 160, 3), dtype=np.uint8)
 
 
-def test_a_dark_frame_is_never_accepted_while_real_frames_are(encoder, data_dir, tmp_path):
+def test_a_dark_frame_is_never_accepted_while_real_frames_are(shipped_encoder, data_dir, tmp_path):
     dataset = open_dataset(f"vpr_bench:{data_dir / 'corridor'}")
     map_dir = tmp_path / "map"
-    build_map([f for f, _ in zip(dataset.database, range(PLACES))], map_dir, encoder, BuildConfig())
+    build_map([f for f, _ in zip(dataset.database, range(PLACES))], map_dir, shipped_encoder, BuildConfig())
     anything = LocalizationConfig(min_score=-1.0, min_margin=0.0)      # every other test passes
-    localizer = Localizer(LocalizerConfig(map_path=str(map_dir), localization=anything), encoder)
+    localizer = Localizer(LocalizerConfig(map_path=str(map_dir), localization=anything), shipped_encoder)
     real = [f.rgb for f, _ in zip(dataset.queries, range(3))]
     results = localizer.process(_frames([*real, _dark(0)]))
     assert all(r.accepted for r in results[:3]) and all(r.contrast > 0.1 for r in results[:3])
     assert results[3].contrast < 0.03 and results[3].matches and not results[3].accepted
     off = LocalizationConfig(min_score=-1.0, min_margin=0.0, min_contrast=0.0)
-    again = Localizer(LocalizerConfig(map_path=str(map_dir), localization=off), encoder)
+    again = Localizer(LocalizerConfig(map_path=str(map_dir), localization=off), shipped_encoder)
     assert again.process(_frames([_dark(0)]))[0].accepted                      # the rule, not the map
 
 
-def test_dark_keyframes_close_no_loop_in_slam_mode(encoder, data_dir):
+def test_dark_keyframes_close_no_loop_in_slam_mode(shipped_encoder, data_dir):
     dataset = open_dataset(f"vpr_bench:{data_dir / 'corridor'}")
     # Departure off: only dark frames lie between the two views of frame 0, and they prove no departure.
     loop = LoopConfig(exclude_recent_frames=1, exclude_recent_seconds=0.0, min_score=0.5, consistency_k=1,
                       min_departure=0.0)
     every_frame = KeyframeConfig()                                             # no keyframe criterion
-    localizer = Localizer(LocalizerConfig(mode="slam", loop=loop, keyframe=every_frame), encoder)
+    localizer = Localizer(LocalizerConfig(mode="slam", loop=loop, keyframe=every_frame), shipped_encoder)
     first = list(dataset.queries)[0].rgb
     images = [_dark(1), first, _dark(2), _dark(3), _dark(4), first]
     results = localizer.process(_frames(images))

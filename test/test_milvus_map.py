@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from frame_sources import FirstFrames
 from vpr_core.build_map import BuildConfig, build_map
 from vpr_core.data import open_dataset
 from vpr_core.engine import EncoderConfig, create_encoder
@@ -22,23 +23,6 @@ from vpr_core.search import SearchConfig
 
 QUERIES = 40
 RESUME_FRAMES = 24
-
-
-class FirstFrames:
-    """The first `n` frames of a source; `stop_at` raises in the middle like a Ctrl-C would."""
-
-    def __init__(self, source, n: int, stop_at: int | None = None) -> None:
-        self.source, self.n, self.stop_at = source, n, stop_at
-        self.name = source.name
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        for i, frame in enumerate(islice(self.source, self.n)):
-            if i == self.stop_at:
-                raise KeyboardInterrupt
-            yield frame
 
 
 @pytest.fixture(scope="module")
