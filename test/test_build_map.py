@@ -123,7 +123,8 @@ def test_cli_on_error_stop_exits_2_with_one_line_and_skip_prints_the_report(data
     stop = subprocess.run([*command, "--out", str(tmp_path / "stopped"), "--on-error", "stop"],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert stop.returncode == 2, stop.stderr[-2000:]
-    assert stop.stderr.strip().splitlines()[-1] == f"vpr build-map: image file {tmp_path / 'images' / '01.jpg'} is empty (0 bytes)"
+    last = stop.stderr.strip().splitlines()[-1]
+    assert last == f"vpr build-map: error: image file {tmp_path / 'images' / '01.jpg'} is empty (0 bytes)"
     skip = subprocess.run([*command, "--out", str(tmp_path / "map")], capture_output=True, text=True, timeout=300,
                           cwd=REPO)
     assert skip.returncode == 0, skip.stderr[-2000:]

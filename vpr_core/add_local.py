@@ -62,14 +62,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        model = load_model(encoder_config(args))
-        encoder = LocalEncoder(model, load_local_branch(args.local, model))
-        mapdb = MapDB.load(args.map, expected_fingerprint=encoder.fingerprint)
-        count = add_local_features(mapdb, open_source(args.source), encoder, args.batch_size)
-    except (ValueError, OSError) as exc:  # MapError and weight errors are ValueErrors
-        print(f"vpr add-local: {exc}", file=sys.stderr)
-        return 2
+    model = load_model(encoder_config(args))  # refusals (MapError, weight errors: ValueErrors) end in run_module
+    encoder = LocalEncoder(model, load_local_branch(args.local, model))
+    mapdb = MapDB.load(args.map, expected_fingerprint=encoder.fingerprint)
+    count = add_local_features(mapdb, open_source(args.source), encoder, args.batch_size)
     info = mapdb.local_info
     print(f"{args.map}: local features for {count} places, {info['patches']} patches x {info['dim']}-D")
     return 0

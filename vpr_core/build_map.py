@@ -254,15 +254,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        config = BuildConfig(keyframe=KeyframeConfig(args.min_interval_s, args.min_distance_m, args.max_similarity),
-                             batch_size=args.batch_size, frame_id=args.frame_id, resume=not args.no_resume,
-                             base_to_camera=tuple(args.base_to_camera),
-                             search=SearchConfig(index=args.index), on_error=args.on_error)
-        mapdb = build_map(open_source(args.source), args.out, create_encoder(encoder_config(args)), config)
-    except (ValueError, OSError) as exc:
-        print(f"vpr build-map: {exc}", file=sys.stderr)
-        return 2
+    # A refusal (ValueError, OSError) ends in run_module as one line and exit code 2.
+    config = BuildConfig(keyframe=KeyframeConfig(args.min_interval_s, args.min_distance_m, args.max_similarity),
+                         batch_size=args.batch_size, frame_id=args.frame_id, resume=not args.no_resume,
+                         base_to_camera=tuple(args.base_to_camera),
+                         search=SearchConfig(index=args.index), on_error=args.on_error)
+    mapdb = build_map(open_source(args.source), args.out, create_encoder(encoder_config(args)), config)
     print(f"{args.out}: {mapdb.size} places, {mapdb.bits}-bit codes, {mapdb.dim}-D descriptors")
     return 0
 

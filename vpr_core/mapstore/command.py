@@ -39,32 +39,29 @@ def run(args: argparse.Namespace) -> int:
     from vpr_core.mapstore.lite_server import serve_lite
     from vpr_core.mapstore.transfer import pull, push
 
-    try:
-        if args.action == "push":
-            done = push(args.directory, args.uri, replace=args.replace)
-            print(f"{args.uri}: {done.writer_count} places of writer {done.location.writer}, {done.size} in all")
-            done.close()
-        elif args.action == "pull":
-            done = pull(args.uri, args.directory, overwrite=args.overwrite)
-            print(f"{args.directory}: {done.size} places from {args.uri}")
-            done.close()
-        elif args.action == "info":
-            m = open_map(args.uri, verify=False)
-            print(f"{args.uri}: {m.size} places, {m.bits}-bit codes, {m.dim}-D descriptors, frame {m.frame_id!r}, "
-                  f"encoder fingerprint {m.fingerprint}")
-            m.close()
-        else:
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            with serve_lite(args.file, args.host, args.port) as address:
-                print(f"serving {args.file} at {address}/COLLECTION (Ctrl-C stops)", flush=True)
-                try:
-                    stop.wait()
-                except KeyboardInterrupt:
-                    pass
-    except (ValueError, OSError) as exc:
-        print(f"vpr map {args.action}: {exc}", file=sys.stderr)
-        return 2
+    # A refusal (ValueError, OSError) ends in run_module as one line and exit code 2.
+    if args.action == "push":
+        done = push(args.directory, args.uri, replace=args.replace)
+        print(f"{args.uri}: {done.writer_count} places of writer {done.location.writer}, {done.size} in all")
+        done.close()
+    elif args.action == "pull":
+        done = pull(args.uri, args.directory, overwrite=args.overwrite)
+        print(f"{args.directory}: {done.size} places from {args.uri}")
+        done.close()
+    elif args.action == "info":
+        m = open_map(args.uri, verify=False)
+        print(f"{args.uri}: {m.size} places, {m.bits}-bit codes, {m.dim}-D descriptors, frame {m.frame_id!r}, "
+              f"encoder fingerprint {m.fingerprint}")
+        m.close()
+    else:
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        with serve_lite(args.file, args.host, args.port) as address:
+            print(f"serving {args.file} at {address}/COLLECTION (Ctrl-C stops)", flush=True)
+            try:
+                stop.wait()
+            except KeyboardInterrupt:
+                pass
     return 0
 
 

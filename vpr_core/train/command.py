@@ -32,11 +32,7 @@ def run(args: argparse.Namespace) -> int:
                                    ("out_dir", args.out_dir)) if v is not None}
     if args.checkpoint is not None:
         overrides["checkpoint"] = None if args.checkpoint == "none" else args.checkpoint
-    try:
-        cfg = load_train_config(args.config, overrides)
-    except (OSError, ValueError) as exc:
-        print(f"vpr train: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_train_config(args.config, overrides)  # a refusal ends in run_module: one line, exit 2
     summary = train(cfg, resume=args.resume)
     print(f"best validation R@1 {summary['best_val_r1']:.3f} at epoch {summary['best_epoch']} "
           f"({summary['epochs_run']} epochs); log and curves in {cfg.out_dir}")
