@@ -302,6 +302,8 @@ class LocalizerRuntime:
                 for (_, pending), result in zip(batch, results):
                     self._publish(pending, result)
             except Exception as exc:  # one bad batch must not stop the node
+                if not self._running or not self.node.context.ok():
+                    return  # shutting down: the batch in hand cannot be published any more, and that is no error
                 self._errors += 1
                 self.node.get_logger().error(f"processing failed: {exc}", throttle_duration_sec=5.0)
 
