@@ -2,7 +2,9 @@
 
 rosbag2 messages are already CDR, the wire format, so their bytes are published as they are (no
 deserialization); ROS 1 bags are converted to CDR by rosbags first. Timing follows the bag's receive
-times scaled by --rate; --rate 0 publishes as fast as the subscribers' QoS allows.
+times scaled by --rate; --rate 0 publishes as fast as the subscribers' QoS allows: with --reliable
+the player waits for the subscribers' acknowledgements every half history and before it exits, so
+a burst never overwrites unacknowledged messages and the last ones are not lost when it closes.
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ import time
 from pathlib import Path
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosbags.highlevel import AnyReaderError
 from rosbags.typesys import Stores, get_typestore
 
 from vpr_core.data.rosbag import open_bag
+
+HISTORY_DEPTH = 100
+ACK_TIMEOUT = Duration(seconds=10)
 
 
 def message_class(msgtype: str):
@@ -59,7 +65,7 @@ def play(node: Node, args: argparse.Namespace) -> int:
             raise ValueError(f"bag {args.bag} has no topic {', '.join(sorted(missing))}; "
                              f"it has: {', '.join(sorted(available))}")
         connections = [c for c in reader.connections if c.topic in wanted]
-        qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE if args.reliable
+        qos = QoSProfile(depth=HISTORY_DEPTH, reliability=ReliabilityPolicy.RELIABLE if args.reliable
                          else ReliabilityPolicy.BEST_EFFORT)
         publishers = {c.topic: node.create_publisher(message_class(c.msgtype), c.topic, qos)
                       for c in connections}
@@ -80,9 +86,21 @@ def play(node: Node, args: argparse.Namespace) -> int:
                     raw = store.serialize_cdr(reader.deserialize(raw, connection.msgtype), connection.msgtype)
                 publishers[connection.topic].publish(bytes(raw))
                 published += 1
+                if args.reliable and args.rate == 0 and published % (HISTORY_DEPTH // 2) == 0:
+                    wait_for_acknowledgements(node, publishers.values())
             if not args.loop:
                 break
+    if args.reliable:
+        wait_for_acknowledgements(node, publishers.values())
     return published
+
+
+def wait_for_acknowledgements(node: Node, publishers) -> None:
+    """Blocks until every reliable subscriber acknowledged what was published (a slow one: a warning)."""
+    for publisher in publishers:
+        if not publisher.wait_for_all_acked(ACK_TIMEOUT):
+            node.get_logger().warning(f"{publisher.topic}: not every subscriber acknowledged within "
+                                      f"{ACK_TIMEOUT.nanoseconds / 1e9:.0f} s; it may miss messages")
 
 
 def main(argv: list[str] | None = None) -> int:
