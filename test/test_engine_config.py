@@ -19,7 +19,7 @@ from vpr_core.engine.ort_backend import CPU, CUDA, TENSORRT, execution_providers
 @pytest.mark.parametrize("fields, message", [
     ({"backend": "openvino"}, "backend must be one of"),
     ({"device": "gpu"}, "device must be one of"),
-    ({"precision": "int8"}, "precision must be one of"),
+    ({"precision": "int4"}, "precision must be one of"),
     ({"max_batch": 0}, "max_batch must be >= 1"),
     ({"max_batch": 2.5}, "max_batch must be an integer"),
     ({"threads": -1}, "threads must be >= 0"),

@@ -49,6 +49,8 @@ def test_node_runs_with_the_values_of_the_yaml_file(ros_env, tmp_path):
     ([], "map.path"),
     (["mode:=slam", "search.top_k:=50", "search.rerank_k:=10"], "search.top_k"),
     (["mode:=slam", "model.backend:=cuda"], "model.backend"),
+    (["mode:=slam", "model.precision:=int8"], "model.calibration"),
+    (["mode:=slam", "model.precision:=int4"], "model.precision"),
     (["mode:=slam", "model.local_branch:=/nonexistent/branch"], "model.local_branch"),
     (["mode:=slam", "model.local_branch:=checkpoints/lite0-nordland-local"],
      "model.local_branch"),

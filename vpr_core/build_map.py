@@ -25,6 +25,7 @@ from vpr_core import poses
 from vpr_core.data import DataError, Frame, FrameSource, open_source
 from vpr_core.data.images import ImageFiles
 from vpr_core.engine import Encoder, EncoderConfig, create_encoder
+from vpr_core.engine.config import PRECISION_CHOICES
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
 from vpr_core.mapdb import MapDB, PlaceRecord
 from vpr_core.mapdb.fsio import atomic_write_bytes
@@ -210,6 +211,13 @@ def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone-weights", default="", help="local path of the backbone weights")
     group.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
     group.add_argument("--threads", type=argument(int, THREADS), default=0, help="inference threads (0: library default)")
+    group.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
+                       help="fp32; int8: the graph quantized for ONNX Runtime on the CPU (needs --calibration; its "
+                            "maps are its own); fp16/bf16 on a GPU")
+    group.add_argument("--calibration", default="", metavar="SOURCE",
+                       help="int8 calibration frame sources separated by ';', e.g. the frames the map is built from")
+    group.add_argument("--calibration-frames", type=argument(int, COUNT), default=32,
+                       help="int8 calibration frames spread evenly over the sources (default 32)")
 
 
 def encoder_config(args: argparse.Namespace) -> EncoderConfig:
@@ -222,7 +230,8 @@ def encoder_config(args: argparse.Namespace) -> EncoderConfig:
                                     "source tree); pass --checkpoint DIR or --preset NAME")
         checkpoint = str(SHIPPED_CHECKPOINT)
     return EncoderConfig(preset=args.preset, checkpoint=checkpoint, backbone_weights=args.backbone_weights,
-                         backend=args.backend, threads=args.threads)
+                         backend=args.backend, threads=args.threads, precision=args.precision,
+                         calibration=args.calibration, calibration_frames=args.calibration_frames)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

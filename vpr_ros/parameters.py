@@ -22,6 +22,7 @@ from vpr_core.options import COSINE, COUNT, NON_NEGATIVE, THREADS, at_least, bet
 
 MODES = ("localization", "slam", "both")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 QOS_PROFILES = ("auto", "sensor_data", "reliable")
 GEOMETRIC = ("none", "orb", "sift")
 
@@ -151,6 +152,15 @@ SPECS: tuple[Spec, ...] = (
          "empty uses ~/.cache/vpr_ros."),
     Spec("model.max_batch", 4, "Largest batch of camera frames encoded at once.", COUNT),
     Spec("model.threads", 0, "CPU threads of the inference backend; 0 lets it choose.", THREADS),
+    Spec("model.precision", "fp32",
+         "fp32; int8: the graph statically quantized for ONNX Runtime on the CPU, calibrated on model.calibration "
+         "(its own encoder: maps built with `vpr build-map --precision int8` and the same calibration); fp16 or "
+         "bf16 on a GPU.", one_of(PRECISIONS)),
+    Spec("model.calibration", "",
+         "int8 only: calibration frame sources separated by ';' (folders of images, rosbag:run1.mcap, ...): the "
+         "frames the map was built from (and of every other place or season the robot works in)."),
+    Spec("model.calibration_frames", 32, "int8 only: calibration frames spread evenly over the sources, equal shares.",
+         COUNT),
     Spec("model.allow_batch_dependent", False,
          "Allow a model whose descriptor depends on the other images of the batch (SAGE InteractHead). "
          "Per-frame results then depend on which frames arrive together."),
@@ -380,6 +390,12 @@ def _check_together(v: dict[str, Any]) -> None:
     if v["model.backbone_weights"] and not Path(v["model.backbone_weights"]).exists():
         raise ParameterError(f"parameter 'model.backbone_weights' = '{v['model.backbone_weights']}' does not "
                              "exist; download the backbone weights to a local path and point to it")
+    if v["model.precision"] == "int8" and not v["model.calibration"]:
+        raise ParameterError("parameter 'model.calibration' is empty but model.precision is 'int8': give a folder of "
+                             "images or frame sources separated by ';', e.g. the frames the robot's map was built from")
+    if v["model.precision"] == "int8" and v["model.backend"] not in ("auto", "onnxruntime"):
+        raise ParameterError(f"parameter 'model.precision' = 'int8' runs on ONNX Runtime on the CPU, not on backend "
+                             f"'{v['model.backend']}': set model.backend to auto or onnxruntime")
     if v["search.top_k"] > v["search.rerank_k"]:
         raise ParameterError(f"parameter 'search.top_k' = {v['search.top_k']} is larger than 'search.rerank_k' "
                              f"= {v['search.rerank_k']}: raise rerank_k or lower top_k")
@@ -466,6 +482,8 @@ def localizer_config(v: dict[str, Any]):
         encoder=EncoderConfig(preset=v["model.preset"], checkpoint=v["model.checkpoint"],
                               backbone_weights=v["model.backbone_weights"], backend=v["model.backend"],
                               max_batch=v["model.max_batch"], threads=v["model.threads"],
+                              precision=v["model.precision"], calibration=v["model.calibration"],
+                              calibration_frames=v["model.calibration_frames"],
                               cache_dir=v["model.engine_cache_dir"]),
         search=search, localization=t["localization"], keyframe=t["keyframe"], pose=t["pose"],
         loop=LoopConfig(exclude_recent_frames=v["loop.exclude_recent_frames"],

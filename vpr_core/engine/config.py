@@ -8,7 +8,7 @@ from pathlib import Path
 
 BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16", "int8")
 
 CACHE_ENV = "VPR_CACHE_DIR"
 
@@ -26,7 +26,9 @@ class EncoderConfig:
     backbone_weights: str = ""
     backend: str = "auto"  # "auto" | "torch" | "onnxruntime" | "tensorrt"
     device: str = "auto"  # "cpu" | "cuda" | "auto"
-    precision: str = "fp32"  # "fp32" | "fp16" (| "bf16" for torch)
+    precision: str = "fp32"  # "fp32" | "fp16" (| "bf16" for torch | "int8" for onnxruntime on the CPU)
+    calibration: str = ""  # int8: frame sources of the calibration images, ';' between them (vpr_core/engine/int8.py)
+    calibration_frames: int = 32
     max_batch: int = 8
     threads: int = 0  # 0 = the library's default
     cache_dir: str = ""  # ONNX files and TensorRT engines; empty = $VPR_CACHE_DIR or ~/.cache/vpr_ros
@@ -43,7 +45,7 @@ class EncoderConfig:
         _choice("precision", self.precision, PRECISION_CHOICES)
         if not self.preset and not self.checkpoint:
             raise ValueError("EncoderConfig: give a preset or a checkpoint directory (both are empty)")
-        for name in ("max_batch", "threads"):
+        for name in ("max_batch", "threads", "calibration_frames"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"EncoderConfig.{name} must be an integer, got {value!r}")
@@ -51,11 +53,25 @@ class EncoderConfig:
             raise ValueError(f"EncoderConfig.max_batch must be >= 1, got {self.max_batch}")
         if self.threads < 0:
             raise ValueError(f"EncoderConfig.threads must be >= 0 (0 = library default), got {self.threads}")
-        if self.precision != "fp32" and self.device == "cpu" and self.backend != "torch":
+        if self.calibration_frames < 1:
+            raise ValueError(f"EncoderConfig.calibration_frames must be >= 1, got {self.calibration_frames}")
+        if self.precision == "int8":
+            self._validate_int8()
+        elif self.precision != "fp32" and self.device == "cpu" and self.backend != "torch":
             raise ValueError(
                 f"EncoderConfig.precision={self.precision!r} needs a GPU backend; on device 'cpu' "
                 "use precision 'fp32' (or backend 'torch' with 'bf16')"
             )
+
+    def _validate_int8(self) -> None:
+        if self.backend not in ("auto", "onnxruntime") or self.device == "cuda":
+            raise ValueError(f"EncoderConfig.precision='int8' runs on backend 'onnxruntime' on the CPU; got backend "
+                             f"{self.backend!r} on device {self.device!r}: set backend 'onnxruntime' (or 'auto') "
+                             "and device 'cpu' (or 'auto')")
+        if not self.calibration:
+            raise ValueError("EncoderConfig.precision='int8' needs calibration images: set the calibration source "
+                             "(model.calibration / --calibration) to a folder of images or a frame source from the "
+                             "place the robot runs, e.g. the frames its map was built from")
 
     @property
     def model_name(self) -> str:

@@ -1,4 +1,5 @@
-"""``vpr export``: the encoder as an ONNX file plus a JSON description, and a TensorRT engine with --trt.
+"""``vpr export``: the encoder as an ONNX file plus a JSON description, and a TensorRT engine with --trt
+or a statically quantized INT8 graph for ONNX Runtime on the CPU with --int8.
 
 The JSON says everything a user of the ONNX file needs without our code (tensor names and shapes,
 preprocessing, how to read the bits, the fingerprint a map database checks). The engine is built
@@ -17,6 +18,7 @@ from vpr_core.engine.config import EncoderConfig
 from vpr_core.engine.engine_cache import EngineCache
 from vpr_core.engine.errors import BackendUnavailable, ExportError
 from vpr_core.engine.local_export import export_local_onnx
+from vpr_core.engine.int8 import export_int8, load_calibration
 from vpr_core.engine.model_source import load_model
 from vpr_core.engine.onnx_export import export_onnx, graph_precision, write_description
 from vpr_core.model.local_branch import load_local_branch
@@ -38,20 +40,34 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trt", action="store_true", help="also build a TensorRT engine (needs tensorrt and a GPU)")
     parser.add_argument("--max-batch", type=int, default=8, help="largest batch of the engine's profile (default 8)")
     parser.add_argument("--force-rebuild", action="store_true", help="rebuild the engine even if one matches")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write model-int8.onnx, quantized for the CPU and calibrated on --calibration")
+    parser.add_argument("--calibration", default="", metavar="SOURCE",
+                        help="--int8 calibration frame sources separated by ';', e.g. 'folder:map_images; "
+                             "rosbag:winter_run.mcap': the frames the robot will see")
+    parser.add_argument("--calibration-frames", type=int, default=32,
+                        help="calibration frames, spread evenly over the sources (default 32)")
     parser.add_argument("--local", type=Path, help="local branch checkpoint: also write model-local-fp32.onnx, "
                         "the graph with global and FoL++ local outputs (fp32, parity-checked)")
 
 
-def export(config: EncoderConfig, out: Path, opset: int = 17, trt: bool = False) -> dict:
+def export(config: EncoderConfig, out: Path, opset: int = 17, trt: bool = False, int8: bool = False) -> dict:
     """Writes ``model-<precision>.onnx`` + ``.json`` into ``out`` (and ``engine-<precision>.engine``
-    with its key record when ``trt``); returns the description."""
+    with its key record when ``trt``, ``model-int8.onnx`` from ``config.calibration`` when ``int8``);
+    returns the description of the last graph written."""
+    if int8 and not config.calibration:
+        raise ValueError("--int8 needs --calibration SOURCE: a folder of images or a frame source from the place "
+                         "the robot runs")
+    if int8 and config.precision != "fp32":
+        raise ValueError(f"--int8 quantizes the fp32 graph; drop --precision {config.precision}")
     if trt:  # before the export, which takes a while, so a missing TensorRT fails at once
         trt_backend.check_config(config)
         tensorrt = trt_backend.import_tensorrt()
         trt_backend.require_cuda()
     precision = graph_precision(config.precision)
     onnx_path = out / f"model-{precision}.onnx"
-    description = export_onnx(load_model(config), onnx_path, precision, opset)
+    model = load_model(config)
+    description = export_onnx(model, onnx_path, precision, opset)
     log.info("wrote %s (fingerprint %s, min cosine to torch %.6f)", onnx_path, description["fingerprint"],
              description["check"]["min_descriptor_cosine"])
     if trt:
@@ -62,6 +78,9 @@ def export(config: EncoderConfig, out: Path, opset: int = 17, trt: bool = False)
         description["tensorrt"] = {"engine_file": engine_path.name, "key": key.as_dict()}
         write_description(onnx_path, description)
         log.info("wrote %s (TensorRT %s, %s)", engine_path, key.tensorrt_version, key.gpu_name)
+    if int8:
+        calibration = load_calibration(config.calibration, config.calibration_frames, model.config)
+        description = export_int8(onnx_path, out / "model-int8.onnx", calibration, description)
     return description
 
 
@@ -71,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = EncoderConfig(preset=args.preset or "", checkpoint=args.checkpoint or "",
                                backbone_weights=args.backbone_weights, precision=precision,
-                               max_batch=args.max_batch, force_rebuild=args.force_rebuild)
-        description = export(config, args.out, opset=args.opset, trt=args.trt)
+                               max_batch=args.max_batch, force_rebuild=args.force_rebuild,
+                               calibration=args.calibration, calibration_frames=args.calibration_frames)
+        description = export(config, args.out, opset=args.opset, trt=args.trt, int8=args.int8)
         if args.local is not None:
             model = load_model(config)
             local = export_local_onnx(model, load_local_branch(args.local, model), args.out / LOCAL_ONNX, args.opset)
@@ -81,9 +101,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, ExportError, BackendUnavailable) as exc:  # checkpoint errors are ValueErrors
         print(f"vpr export: error: {exc}", file=sys.stderr)
         return 1
+    check = description["check"]
+    versus = (f"to fp32 on the calibration images: mean cosine {check['mean_descriptor_cosine']:.4f}, "
+              f"code bits equal {100 * check['code_bits_equal']:.1f} %" if args.int8
+              else f"min cosine to torch {check['min_descriptor_cosine']:.6f}")
     print(f"{args.out / description['onnx_file']}  fingerprint {description['fingerprint']}  "
-          f"inputs {description['inputs'][0]['shape']}  min cosine to torch "
-          f"{description['check']['min_descriptor_cosine']:.6f}")
+          f"inputs {description['inputs'][0]['shape']}  {versus}")
     if "tensorrt" in description:
         print(args.out / description["tensorrt"]["engine_file"])
     return 0

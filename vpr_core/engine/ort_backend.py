@@ -15,6 +15,7 @@ import onnxruntime as ort
 from vpr_core.engine.config import EncoderConfig
 from vpr_core.engine.encoder import Encoder
 from vpr_core.engine.errors import BackendUnavailable
+from vpr_core.engine.int8 import cached_int8_onnx, load_calibration
 from vpr_core.engine.model_source import load_model_config
 from vpr_core.engine.onnx_export import INPUT_NAME, OUTPUT_NAMES, cached_onnx
 from vpr_core.model import ModelConfig, VPRModel
@@ -56,6 +57,8 @@ def execution_providers(config: EncoderConfig, input_hw: tuple[int, int], cache_
             "onnxruntime on device 'cuda' needs the CUDA execution provider: pip install onnxruntime-gpu "
             f"(this onnxruntime {ort.__version__} has only {', '.join(available)})"
         )
+    if config.precision == "int8":  # the QDQ graph is for ONNX Runtime's CPU int8 kernels
+        return [CPU]
     if config.device == "cpu" or CUDA not in available:
         if config.precision != "fp32":
             raise ValueError(f"precision {config.precision!r} needs a GPU; onnxruntime on the CPU runs 'fp32'")
@@ -82,8 +85,11 @@ def execution_providers(config: EncoderConfig, input_hw: tuple[int, int], cache_
 class OrtEncoder(Encoder):
     backend = "onnxruntime"
 
-    def __init__(self, config: EncoderConfig, model_config: ModelConfig, onnx_path: Path) -> None:
+    def __init__(self, config: EncoderConfig, model_config: ModelConfig, onnx_path: Path,
+                 fingerprint: str | None = None) -> None:
         super().__init__(config, model_config)
+        if fingerprint is not None:  # an INT8 graph: another encoder than the model's fp32 one
+            self.fingerprint = fingerprint
         cache_dir = config.resolved_cache_dir()
         providers = execution_providers(config, self.input_hw, cache_dir)
         if any(isinstance(p, tuple) and p[0] == TENSORRT for p in providers):
@@ -114,4 +120,9 @@ def create(config: EncoderConfig, model: VPRModel | None = None) -> OrtEncoder:
     config's preset and checkpoint are then not read.
     """
     model_config, model = (model.config, model) if model is not None else load_model_config(config)
-    return OrtEncoder(config, model_config, cached_onnx(config, model_config, model))
+    onnx_path = cached_onnx(config, model_config, model)
+    if config.precision != "int8":
+        return OrtEncoder(config, model_config, onnx_path)
+    calibration = load_calibration(config.calibration, config.calibration_frames, model_config)
+    int8_path, description = cached_int8_onnx(config, model_config, onnx_path, calibration)
+    return OrtEncoder(config, model_config, int8_path, fingerprint=description["fingerprint"])

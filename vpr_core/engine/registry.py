@@ -40,12 +40,14 @@ def resolve_backend(config: EncoderConfig) -> str:
     """The backend ``config`` names, or for ``auto``: TensorRT when a GPU and the tensorrt package
     are present, else ONNX Runtime (which itself takes the CUDA provider when it has one, else the CPU).
 
-    bf16 is a torch-only precision, so ``auto`` with bf16 is torch.
+    bf16 is a torch-only precision, so ``auto`` with bf16 is torch; int8 is ONNX Runtime's (CPU).
     """
     if config.backend != "auto":
         return config.backend
     if config.precision == "bf16":
         return "torch"
+    if config.precision == "int8":
+        return "onnxruntime"
     if config.device != "cpu" and importlib.util.find_spec("tensorrt") is not None and cuda_available():
         return "tensorrt"
     if config.device == "cpu" or config.precision == "fp32" or ort_has_cuda():

@@ -342,7 +342,8 @@ def model_label(encoder: dict[str, Any]) -> str:
     """Preset or checkpoint with the start of the fingerprint: enough to tell two models apart."""
     config = encoder["config"]
     name = Path(config["checkpoint"]).name if config["checkpoint"] else config["preset"]
-    return f"{name} ({encoder['fingerprint'][:12]})"
+    precision = "" if config.get("precision", "fp32") == "fp32" else f" {config['precision']}"
+    return f"{name}{precision} ({encoder['fingerprint'][:12]})"
 
 
 def open_eval_dataset(spec: str, layout: str | None = None) -> EvalDataset:
