@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VPR_DATA", REPO.parent / "shared" / "data"))
+
+# VPR_REQUIRE_GPU=1 (a GPU CI) turns every skip for a missing GPU capability into a failure, so that a
+# broken CUDA install, a CPU build of torch or faiss, or a missing TensorRT cannot pass as "skipped".
+# Such skips are told apart by their reason, by convention: it starts with "needs" and names the GPU,
+# CUDA, TensorRT or onnxruntime-gpu ("needs a CUDA GPU (torch ... sees none)"). Skips of the opposite
+# kind ("this machine has a CUDA GPU: the error path cannot occur") and other skips stay skips.
+REQUIRE_GPU_ENV = "VPR_REQUIRE_GPU"
+GPU_SKIP_REASON = re.compile(r"^needs\b.*\b(GPU|CUDA|TensorRT|onnxruntime-gpu)", re.IGNORECASE | re.DOTALL)
 
 _domain_ids = itertools.count((os.getpid() * 7) % 90)
 
@@ -61,3 +70,33 @@ def shipped_encoder():
     yield create_encoder(EncoderConfig(checkpoint=str(REPO / "checkpoints" / "lite0-nordland"), backend="torch",
                                        threads=1))
     torch.set_num_threads(before)
+
+
+def _gpu_skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    """The reason of a skip for a missing GPU capability, or "" (not skipped, an xfail, another skip)."""
+    if not report.skipped or hasattr(report, "wasxfail") or not isinstance(report.longrepr, tuple):
+        return ""
+    reason = report.longrepr[2].removeprefix("Skipped: ")
+    return reason if GPU_SKIP_REASON.search(reason) else ""
+
+
+def _fail_gpu_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    reason = _gpu_skip_reason(report)
+    if reason and os.environ.get(REQUIRE_GPU_ENV) == "1":
+        report.outcome = "failed"
+        report.longrepr = f"{REQUIRE_GPU_ENV}=1, so this GPU test must run, but it was skipped: {reason}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    _fail_gpu_skip(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):
+    """A whole module skipped for a missing GPU (``pytest.importorskip("tensorrt", reason="needs ...")``)."""
+    report = yield
+    _fail_gpu_skip(report)
+    return report

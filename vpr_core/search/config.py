@@ -8,6 +8,8 @@ import numpy as np
 
 from vpr_core.search.binary_index import KINDS
 
+DEVICES = ("auto", "cpu", "cuda")
+
 
 @dataclass
 class SearchConfig:
@@ -45,6 +47,9 @@ class SearchConfig:
     retrain_ratio: float = 0.5  # rebuild the trained index when the flat tail of added places
     retrain_min: int = 10_000  # exceeds max(retrain_min, retrain_ratio * indexed places)
     seed: int = 0  # k-means seed, for reproducible indexes
+    # "auto": both stages on the GPU where faiss has GPU support and torch sees CUDA (vpr_core/search/gpu.py),
+    # else the CPU; "cpu": always the CPU; "cuda": the GPU or an error when the searcher is built.
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -57,6 +62,8 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.adaptive must be a bool, got {self.adaptive!r}")
         if self.index not in ("auto",) + KINDS:
             raise ValueError(f"SearchConfig.index must be one of {('auto',) + KINDS}, got {self.index!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"SearchConfig.device must be one of {DEVICES}, got {self.device!r}")
         positive = (
             "candidates",
             "min_candidates",

@@ -10,6 +10,9 @@ Places added after construction (SLAM) live in RAM beside the base arrays and go
 index, searchable at once; a trained main index is rebuilt over everything when the tail outgrows
 `SearchConfig.retrain_min` / `retrain_ratio` (k-means trained on the first places may not cover
 regions the robot explores later; a flat main index just grows).
+
+Where faiss has GPU support, both stages run on the GPU instead (`SearchConfig.device`,
+vpr_core/search/gpu.py); elsewhere, or with device "cpu", the code below runs unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 
 from vpr_core.mapdb import MapDB, check_codes, check_descriptors
 from vpr_core.mapdb.inputs import check_same_rows
-from vpr_core.search import binary_index
+from vpr_core.search import binary_index, gpu
 from vpr_core.search.config import SearchConfig, SearchResult
 from vpr_core.search.local_rerank import LocalFeatures, LocalReranker, LocalRerankConfig
 
@@ -115,6 +118,9 @@ def hamming_distances(codes_a: np.ndarray, codes_b: np.ndarray) -> np.ndarray:
 class TwoStageSearcher:
     """Search places by binary codes, then re-rank by exact cosine of float descriptors."""
 
+    # A class default, so subclasses that set up their own stores (MilvusSearcher) run on the CPU path.
+    _gpu: gpu.GpuSearch | None = None
+
     def __init__(
         self,
         codes: np.ndarray,
@@ -149,6 +155,7 @@ class TwoStageSearcher:
             self._tail = faiss.IndexBinaryFlat(self.bits)
             if self._main_n < len(codes):
                 self._tail.add(codes[self._main_n :])
+        self._gpu = gpu.GpuSearch.create(config.device, codes, self.dim, self._desc.extra.dtype)
 
     @classmethod
     def from_map(
@@ -311,6 +318,8 @@ class TwoStageSearcher:
         with self._lock:
             self._codes.append(codes)
             self._desc.append(desc)
+            if self._gpu is not None:
+                self._gpu.add(codes)
             if self._main.kind == "flat" and self._main_n == self.size - len(codes):
                 self._main.add(codes)
                 self._main_n = self.size
@@ -347,6 +356,9 @@ class TwoStageSearcher:
 
     def _stage1(self, qc: np.ndarray, qd: np.ndarray, want: int) -> tuple[np.ndarray, np.ndarray]:
         """Hamming candidates from the main index and the flat tail, merged, nearest first."""
+        if self._gpu is not None and self._gpu.can_search(want):
+            dist, ids = self._gpu.stage1(qc, want)
+            return np.where(ids < 0, _NO_DISTANCE, dist), ids
         parts = []
         if self._main_n:
             parts.append(self._main.search(qc, qd, min(want, self._main_n)))
@@ -412,6 +424,8 @@ class TwoStageSearcher:
     ) -> SearchResult:
         """One gather and one upcast for the whole batch; then per query (a loop over the batch,
         never over the map) a mat-vec over its own candidates and a top-k."""
+        if self._gpu is not None:
+            return self._gpu.rerank(self._desc.take, qd, dist, ids, pool, k)
         n, width = ids.shape
         take = np.arange(width)[None, :] < pool[:, None]
         rows = _to_float32(self._desc.take(ids[take]))
