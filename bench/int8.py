@@ -279,28 +279,47 @@ def format_table(rows: list[dict[str, Any]], fp32_recall: dict[str, float]) -> s
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="", help="comma-separated names (default: all; --list shows them)")
-    parser.add_argument("--list", action="store_true", help="print the variants and exit")
-    parser.add_argument("--rounds", type=int, default=60, help="alternating call pairs at batch 1 (batch 4: a quarter)")
-    args = parser.parse_args()
-    if args.list:
-        for v in VARIANTS:
-            print(f"{v.name}: {v.describe()}")
-        return 0
-    wanted = [n for n in args.variants.split(",") if n]
-    unknown = sorted(set(wanted) - {v.name for v in VARIANTS})
-    if unknown:
-        parser.error(f"unknown variant(s) {unknown}; --list shows them")
-    chosen = [v for v in VARIANTS if not wanted or v.name in wanted]
-    logging.basicConfig(level=logging.WARNING)
-    OUT.mkdir(parents=True, exist_ok=True)
-
+def read_datasets() -> tuple[dict[str, EvalDataset], dict[str, list[np.ndarray]], list[np.ndarray]]:
+    """The data sets, their images (database then queries) and the timing images: 16 Corridor
+    queries, which no variant is calibrated on."""
     datasets = {name: open_eval_dataset(spec.format(data=DATA)) for name, spec in DATASETS.items()}
     images = {name: [f.rgb for f in tqdm(list(d.database) + list(d.queries), desc=f"read {name}", leave=False)]
               for name, d in datasets.items()}
-    timing_images = images["Corridor"][len(datasets["Corridor"].database):][:16]  # queries: never calibrated on
+    return datasets, images, images["Corridor"][len(datasets["Corridor"].database):][:16]
+
+
+def variant_parser(description: str) -> argparse.ArgumentParser:
+    """The options every INT8 bench shares (this one and bench/int8_openvino.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--variants", default="", help="comma-separated names (default: all; --list shows them)")
+    parser.add_argument("--list", action="store_true", help="print the variants and exit")
+    parser.add_argument("--rounds", type=int, default=60, help="alternating call pairs at batch 1 (batch 4: a quarter)")
+    return parser
+
+
+def chosen_variants(parser: argparse.ArgumentParser, args: argparse.Namespace, variants: list) -> list | None:
+    """The variants --variants names (all by default); None after printing them for --list."""
+    if args.list:
+        for v in variants:
+            print(f"{v.name}: {v.describe()}")
+        return None
+    wanted = [n for n in args.variants.split(",") if n]
+    unknown = sorted(set(wanted) - {v.name for v in variants})
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; --list shows them")
+    return [v for v in variants if not wanted or v.name in wanted]
+
+
+def main() -> int:
+    parser = variant_parser(__doc__.splitlines()[0])
+    args = parser.parse_args()
+    chosen = chosen_variants(parser, args, VARIANTS)
+    if chosen is None:
+        return 0
+    logging.basicConfig(level=logging.WARNING)
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    datasets, images, timing_images = read_datasets()
 
     config = EncoderConfig(checkpoint=str(REPO / CHECKPOINT), backend="onnxruntime", device="cpu", threads=1)
     model = load_model(config)

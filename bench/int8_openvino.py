@@ -35,7 +35,6 @@ Writes out/int8-openvino/ (or --out: the models, results.json, table.md) and pri
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -60,15 +59,14 @@ from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 # bench/int8.py: the data sets, the calibration picks and every measurement, shared so that the rows
 # of both benches are comparable.
 # (importing it also puts the repository on sys.path for vpr_core, as it does for bench/machine.py).
-from int8 import (CHECKPOINT, DATA, DATASETS, REPO, agreement, calibration_images, encode_all, format_table,
-                  paired_speed, recall_at_1)
+from int8 import (CHECKPOINT, DATA, DATASETS, REPO, agreement, calibration_images, chosen_variants, encode_all,
+                  format_table, paired_speed, read_datasets, recall_at_1, variant_parser)
 from machine import cpu_model, load_average
 from vpr_core.engine import EncoderConfig
 from vpr_core.engine.encoder import Encoder
 from vpr_core.engine.model_source import load_model
 from vpr_core.engine.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
 from vpr_core.engine.ort_backend import OrtEncoder
-from vpr_core.eval.evaluate import open_eval_dataset
 from vpr_core.model import ModelConfig
 
 OUT = REPO / "out" / "int8-openvino"
@@ -238,34 +236,22 @@ def quantize(variant: Variant, fp32_path: Path, calib: np.ndarray) -> tuple[Path
 
 def main() -> int:
     global OUT
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", default="", help="comma-separated names (default: all; --list shows them)")
-    parser.add_argument("--list", action="store_true", help="print the variants and exit")
-    parser.add_argument("--rounds", type=int, default=60, help="alternating call pairs at batch 1 (batch 4: a quarter)")
+    parser = variant_parser(__doc__.splitlines()[0])
     parser.add_argument("--reference", choices=("onnxruntime", "openvino"), default="onnxruntime",
                         help="the fp32 encoder the speed ratios are against (accuracy is always against "
                              "fp32 ONNX Runtime); openvino: for runs with ONEDNN_MAX_CPU_ISA set, which caps "
                              "OpenVINO's kernels (e.g. AVX2 for a CPU without VNNI or AMX) but not ONNX Runtime's")
     parser.add_argument("--out", default=str(OUT.relative_to(REPO)), help="output folder, relative to the repository")
     args = parser.parse_args()
-    if args.list:
-        for v in VARIANTS:
-            print(f"{v.name}: {v.describe()}")
+    chosen = chosen_variants(parser, args, VARIANTS)
+    if chosen is None:
         return 0
-    wanted = [n for n in args.variants.split(",") if n]
-    unknown = sorted(set(wanted) - {v.name for v in VARIANTS})
-    if unknown:
-        parser.error(f"unknown variant(s) {unknown}; --list shows them")
-    chosen = [v for v in VARIANTS if not wanted or v.name in wanted]
     OUT = REPO / args.out
     logging.basicConfig(level=logging.WARNING)
     nncf.set_log_level(logging.WARNING)
     OUT.mkdir(parents=True, exist_ok=True)
 
-    datasets = {name: open_eval_dataset(spec.format(data=DATA)) for name, spec in DATASETS.items()}
-    images = {name: [f.rgb for f in tqdm(list(d.database) + list(d.queries), desc=f"read {name}", leave=False)]
-              for name, d in datasets.items()}
-    timing_images = images["Corridor"][len(datasets["Corridor"].database):][:16]  # queries: never calibrated on
+    datasets, images, timing_images = read_datasets()
 
     config = EncoderConfig(checkpoint=str(REPO / CHECKPOINT), backend="onnxruntime", device="cpu", threads=1)
     wide = dataclasses.replace(config, threads=0)
