@@ -11,8 +11,12 @@ setup-gpu:
 demo: setup
 	@.venv/bin/python -m vpr_ros.demo $(ARGS)
 
+# Four workers on two cores: most slow tests wait on other processes (node start-up, DDS discovery,
+# a bag played in real time). A module stays on one worker (its module fixtures are built once).
+TEST_WORKERS ?= 4
+
 test: setup
-	@.venv/bin/python -m pytest test -q $(ARGS)
+	@.venv/bin/python -m pytest test -q -n $(TEST_WORKERS) --dist loadscope $(ARGS)
 
 # bench/gpu_check.py exits 2 on a machine without a CUDA GPU: nothing to measure there, not a failure.
 bench: setup

@@ -52,7 +52,8 @@ from vpr_core.data import EvalDataset  # noqa: E402
 from vpr_core.engine import EncoderConfig  # noqa: E402
 from vpr_core.engine.encoder import Encoder  # noqa: E402
 from vpr_core.engine.model_source import load_model  # noqa: E402
-from vpr_core.engine.onnx_export import INPUT_NAME, export_onnx  # noqa: E402
+from vpr_core.engine.onnx_description import INPUT_NAME  # noqa: E402
+from vpr_core.engine.onnx_export import export_onnx  # noqa: E402
 from vpr_core.engine.ort_backend import OrtEncoder  # noqa: E402
 from vpr_core.eval.evaluate import open_eval_dataset  # noqa: E402
 from vpr_core.eval.recall import evaluate_recall  # noqa: E402

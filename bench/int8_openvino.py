@@ -59,13 +59,14 @@ from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 # bench/int8.py: the data sets, the calibration picks and every measurement, shared so that the rows
 # of both benches are comparable.
 # (importing it also puts the repository on sys.path for vpr_core, as it does for bench/machine.py).
-from int8 import (CHECKPOINT, DATA, DATASETS, REPO, agreement, calibration_images, chosen_variants, encode_all,
-                  format_table, paired_speed, read_datasets, recall_at_1, variant_parser)
+from int8 import (CHECKPOINT, REPO, agreement, calibration_images, chosen_variants, encode_all, format_table,
+                  paired_speed, read_datasets, recall_at_1, variant_parser)
 from machine import cpu_model, load_average
 from vpr_core.engine import EncoderConfig
 from vpr_core.engine.encoder import Encoder
 from vpr_core.engine.model_source import load_model
-from vpr_core.engine.onnx_export import INPUT_NAME, OUTPUT_NAMES, export_onnx
+from vpr_core.engine.onnx_description import INPUT_NAME, OUTPUT_NAMES
+from vpr_core.engine.onnx_export import export_onnx
 from vpr_core.engine.ort_backend import OrtEncoder
 from vpr_core.model import ModelConfig
 

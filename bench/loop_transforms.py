@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vpr_core.loop.geometry import GeometryConfig, extract_features, verify_features  # noqa: E402
-from vpr_core.loop.relative_pose import KIND_NAMES, NONE, ROTATION_ONLY, UP_TO_SCALE, CameraModel  # noqa: E402
+from vpr_core.loop.camera_model import CameraModel  # noqa: E402
+from vpr_core.loop.relative_pose import KIND_NAMES, NONE, ROTATION_ONLY, UP_TO_SCALE  # noqa: E402
 
 DATA = Path(os.environ.get("VPR_DATA", REPO.parent / "shared" / "data")) / "rtabmap_loop"
 CAMERA = CameraModel(440.0, 440.0, 256.0, 192.0)

@@ -46,7 +46,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
-from vpr_core.mapdb import MapDB, PlaceRecord  # noqa: E402
+from vpr_core.mapdb import PlaceRecord  # noqa: E402
 from vpr_core.mapstore import PlaceMap, create_map, open_map, open_searcher  # noqa: E402
 from vpr_core.search import SearchConfig, TwoStageSearcher, synthetic  # noqa: E402
 

@@ -37,7 +37,8 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
-from vpr_core.build_map import SHIPPED_CHECKPOINT, BuildConfig, build_map  # noqa: E402
+from vpr_core.build_map import BuildConfig, build_map  # noqa: E402
+from vpr_core.cli_options import SHIPPED_CHECKPOINT  # noqa: E402
 from vpr_core.data import open_dataset  # noqa: E402
 from vpr_core.engine import EncoderConfig, create_encoder  # noqa: E402
 from vpr_ros.msg import PlaceMatchArray  # noqa: E402

@@ -20,7 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vpr_core.build_map import SHIPPED_CHECKPOINT, BuildConfig, build_map  # noqa: E402
+from vpr_core.build_map import BuildConfig, build_map  # noqa: E402
+from vpr_core.cli_options import SHIPPED_CHECKPOINT  # noqa: E402
 from vpr_core.data import open_dataset, open_source  # noqa: E402
 from vpr_core.data.bag_writer import ImageStream, stamps_at, write_bag  # noqa: E402
 from vpr_core.engine import EncoderConfig, create_encoder  # noqa: E402

@@ -28,7 +28,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-from vpr_core.engine.ort_backend import session_options
+from vpr_core.engine.ort_session import session_options
 
 # IR version of the micro-benchmark graphs: onnx.helper stamps its own (newer) one, which an older
 # onnxruntime refuses; 8 is what opset 17 needs and every onnxruntime of this project reads.

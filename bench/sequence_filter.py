@@ -34,12 +34,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vpr_core.build_map import SHIPPED_CHECKPOINT  # noqa: E402
+from vpr_core.cli_options import SHIPPED_CHECKPOINT  # noqa: E402
 from vpr_core.engine import EncoderConfig, create_encoder  # noqa: E402
 from vpr_core.eval import sequence as seq  # noqa: E402
 from vpr_core.eval.sequence import RouteSearch  # noqa: E402
 from vpr_core.eval.sequence_data import route_search  # noqa: E402
-from vpr_core.localizer import LocalizationConfig  # noqa: E402
+from vpr_core.acceptance import AcceptanceConfig  # noqa: E402
 from vpr_core.sequence_filter import SequenceFilterConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def report(all_routes: dict[str, RouteSearch], config: SequenceFilterConfig) -> 
           "filtered R@1 | single: precision / accepted | filtered: precision / accepted | frames to converge | "
           "frames to recover from a kidnapping | offline smoothing R@1 |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    local = LocalizationConfig()
+    local = AcceptanceConfig()
     for label, route in all_routes.items():
         order = np.arange(len(route.ids))
         irregular = seq.irregular_order(len(route.ids))
@@ -131,7 +131,7 @@ def report(all_routes: dict[str, RouteSearch], config: SequenceFilterConfig) -> 
               f"{100 * seq.recall_at_1(seq.smoothed(route, config), route, order):.1f} |")
     print(f"frames to converge / recover: median over {seq.TRIALS} starts / jumps (half the route away) of the "
           f"frames until the filtered best place is right {seq.STABLE_FRAMES} frames in a row, within "
-          f"{seq.TRIAL_FRAMES} frames; single-frame accept rule: LocalizationConfig defaults "
+          f"{seq.TRIAL_FRAMES} frames; single-frame accept rule: AcceptanceConfig defaults "
           f"(min_score {local.min_score}, min_margin {local.min_margin}); filtered: probability >= "
           f"{config.min_probability} within +-{config.confidence_radius} places")
 

@@ -11,6 +11,8 @@ from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
+from vpr_core.choices import BACKEND_CHOICES, MODES, spoken
+
 ARGUMENTS = {
     "params_file": "Parameter YAML file of the node.",
     "map": "Prebuilt map: a directory or a Milvus URI, milvus://HOST:PORT/COLLECTION (parameter map.path).",
@@ -18,14 +20,14 @@ ARGUMENTS = {
     "checkpoint": "Head checkpoint directory (parameter model.checkpoint).",
     "preset": "Model preset with its untrained heads (parameter model.preset; model.checkpoint becomes '' "
               "unless checkpoint is given too).",
-    "backend": "Inference backend: auto, torch, onnxruntime or tensorrt (parameter model.backend).",
+    "backend": f"Inference backend: {spoken(BACKEND_CHOICES)} (parameter model.backend).",
     "engine_cache_dir": "Cache of ONNX files and TensorRT engines (parameter model.engine_cache_dir).",
     "image_topics": "Comma-separated camera topics (parameter image_topics).",
     "camera_info_topics": "auto, none, or comma-separated CameraInfo topics, one per camera "
                           "(parameter camera_info_topics).",
     "odom_topic": "nav_msgs/Odometry topic for slam keyframe poses (parameter odom_topic).",
     "pose_topic": "Where ~/pose is published instead, e.g. /initialpose for AMCL or slam_toolbox (a remapping).",
-    "mode": "localization, slam or both (parameter mode).",
+    "mode": f"{spoken(MODES)} (parameter mode).",
     "qos": "Reliability of the camera subscriptions: auto, sensor_data or reliable (parameter qos).",
     "namespace": "Namespace of the node (and of its relative input topics).",
     "use_sim_time": "Use /clock (true when replaying a bag): true/false, 1/0, yes/no, on/off.",

@@ -1,4 +1,5 @@
-"""Shared fixtures: repository paths, the real data sets, and an isolated ROS 2 environment per test."""
+"""Shared fixtures: repository paths, the real data sets, thread counts, and an isolated ROS 2 environment
+per test."""
 
 from __future__ import annotations
 
@@ -7,12 +8,19 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
+# One OpenMP thread per process (torch, faiss) unless a test sets more: `make test` runs four workers on
+# two cores, each starting nodes and tools of its own, and idle OpenMP threads spin at every operator
+# and take the cores from the others. Set before anything imports torch; the children inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("VPR_DATA", REPO.parent / "shared" / "data"))
+_DATA = Path(os.environ.get("VPR_DATA", REPO.parent / "shared" / "data"))  # through the data_dir fixture only
 
 # VPR_REQUIRE_GPU=1 (a GPU CI) turns every skip for a missing GPU capability into a failure, so that a
 # broken CUDA install, a CPU build of torch or faiss, or a missing TensorRT cannot pass as "skipped".
@@ -22,14 +30,61 @@ DATA = Path(os.environ.get("VPR_DATA", REPO.parent / "shared" / "data"))
 REQUIRE_GPU_ENV = "VPR_REQUIRE_GPU"
 GPU_SKIP_REASON = re.compile(r"^needs\b.*\b(GPU|CUDA|TensorRT|onnxruntime-gpu)", re.IGNORECASE | re.DOTALL)
 
-_domain_ids = itertools.count((os.getpid() * 7) % 90)
+# ROS domain ids 1..100: a disjoint band for each pytest-xdist worker (gw0, gw1, ...), so that tests running
+# at the same time never share a domain; a run without workers starts at a pid-dependent offset.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_WORKERS = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+_BAND = 100 // _WORKERS
+_domain_ids = itertools.count(0 if _WORKERS > 1 else (os.getpid() * 7) % 90)
 
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not DATA.is_dir():
-        pytest.fail(f"the data sets are missing: expected them at {DATA} (set VPR_DATA to their folder)")
-    return DATA
+    if not _DATA.is_dir():
+        pytest.fail(f"the data sets are missing: expected them at {_DATA} (set VPR_DATA to their folder)")
+    return _DATA
+
+
+@contextmanager
+def thread_counts(n: int) -> Iterator[None]:
+    """torch's intra-op threads, and faiss's OpenMP threads when faiss is loaded, at `n`, restored after.
+
+    Both are process-wide: set at a module's import or left behind by a test (an encoder with `threads`
+    sets torch's), they would change every later test, and the last module imported would decide for
+    the whole session. On a small machine shared with other jobs, OpenMP's barriers with two threads
+    stall at every operator, so model tests run one thread.
+    """
+    import torch
+
+    faiss = sys.modules.get("faiss")
+    before = torch.get_num_threads(), faiss.omp_get_max_threads() if faiss is not None else 0
+    torch.set_num_threads(n)
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        if faiss is not None:
+            faiss.omp_set_num_threads(before[1])
+
+
+def _module_threads(request: pytest.FixtureRequest) -> int:
+    return getattr(request.module, "TORCH_THREADS", 1)
+
+
+@pytest.fixture
+def torch_threads(request) -> Iterator[int]:
+    """One test at the module's TORCH_THREADS threads (1 where the module sets none), restored after."""
+    with thread_counts(_module_threads(request)):
+        yield _module_threads(request)
+
+
+@pytest.fixture(scope="module")
+def module_torch_threads(request) -> Iterator[int]:
+    """`torch_threads` for a whole module, for the module fixtures that build or run models too."""
+    with thread_counts(_module_threads(request)):
+        yield _module_threads(request)
 
 
 @pytest.fixture
@@ -40,7 +95,7 @@ def ros_env(tmp_path, monkeypatch) -> dict[str, str]:
     LD_LIBRARY_PATH set and marks it done in a variable, so a child without LD_LIBRARY_PATH fails.
     """
     values = {
-        "ROS_DOMAIN_ID": str(1 + next(_domain_ids) % 100),
+        "ROS_DOMAIN_ID": str(1 + _WORKER * _BAND + next(_domain_ids) % _BAND),
         "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
         "ROS_LOG_DIR": str(tmp_path / "ros_log"),
         "RMW_IMPLEMENTATION": "rmw_fastrtps_cpp",
@@ -58,18 +113,32 @@ def python_process(args: list[str], env: dict[str, str], **kwargs) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def shipped_encoder():
+def shipped_encoder(module_torch_threads):
     """The node's default model (the shipped heads) on torch, one thread: what the localizer tests
-    run frames through. A fixture of the module, so torch's thread count is restored after it."""
-    import torch
-
+    run frames through."""
     from vpr_core.engine import EncoderConfig, create_encoder
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield create_encoder(EncoderConfig(checkpoint=str(REPO / "checkpoints" / "lite0-nordland"), backend="torch",
-                                       threads=1))
-    torch.set_num_threads(before)
+    return create_encoder(EncoderConfig(checkpoint=str(REPO / "checkpoints" / "lite0-nordland"), backend="torch",
+                                        threads=1))
+
+
+# The modules that start ROS nodes, launch files, colcon or other processes, or export, quantize or
+# train models: each takes tens of seconds. They carry the `slow` marker (`make test ARGS='-m "not
+# slow"'` leaves them out for a quick loop; `make test` runs everything) and, longest first, run before
+# the rest, so that the parallel workers do not end waiting on one long module.
+SLOW_MODULES = ("test_ros2_launch", "test_localize_node", "test_replay", "test_int8", "test_milvus_node",
+                "test_engine", "test_build_map", "test_node_parameters", "test_demo",
+                "test_localizer_filter", "test_milvus_fleet", "test_node_qos", "test_milvus_map", "test_model_lite0",
+                "test_slam_continuity", "test_damaged_bags", "test_local_engines", "test_train", "test_mapdb_crash",
+                "test_cli")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_MODULES)}
+    for item in items:
+        if item.module.__name__ in rank:
+            item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: rank.get(item.module.__name__, len(rank)))  # stable: a module's own order stays
 
 
 def _gpu_skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:

@@ -1,23 +1,33 @@
-"""Test peer: a camera that publishes image files one at a time, each after the node answered the last.
+"""Test peer: a camera that publishes frames one at a time, each after the node answered the last.
 
-Lock-step keeps every frame (none replaced in the node's latest-frame slot), so the node's results
-can be compared one to one with the offline pipeline. The camera is also the listener: it prints,
-on its last line, the answers it waited for and the loop closures it saw, as
+Lock-step keeps every frame: with reliable QoS each frame is delivered once and finds the node idle,
+so none is replaced in the node's latest-frame slot and the node sees every frame in order, as the
+offline pipeline does; the node's results can then be compared one to one with it. A frame without
+an answer within timeout_s fails the camera (it is never sent again: a second copy would reach a
+sequence filter twice). The camera is also the listener: it prints, on its last line, the answers
+it waited for and the loop closures it saw, as
 ``ANSWERS {"matches": {stamp_ns: {...}}, "loops": [[query_id, match_id], ...]}``, so no answer can
-go out before the test's subscriber is there. Usage: peer_camera.py JSON, with keys images (paths),
-topic, format ("raw" | "jpeg" | "png"), answer_topic, loop_topic (optional), period_ns, timeout_s.
+go out before the test's subscriber is there. Each answer holds rtt_ms, the time from sending the
+frame to receiving its answer, which bounds the node's own latency_ms.
+
+Usage: peer_camera.py JSON, with keys topic, answer_topic, loop_topic (optional), timeout_s, and the
+frames: either images (paths), format ("raw" | "jpeg" | "png") and period_ns (stamps from start_ns,
+1 s by default), or bag, whose CompressedImage messages on topic are sent unchanged.
 """
 
 import json
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import rclpy
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CompressedImage, Image
 
+from vpr_core.data.rosbag import open_bag
 from vpr_ros.msg import LoopClosure, PlaceMatchArray
 
 
@@ -35,20 +45,48 @@ def image_message(path: str, fmt: str, stamp_ns: int):
     return msg
 
 
+def bag_messages(bag: str, topic: str) -> list[CompressedImage]:
+    with open_bag(Path(bag)) as reader:
+        connections = [c for c in reader.connections if c.topic == topic]
+        return [deserialize_message(bytes(raw), CompressedImage)
+                for _, _, raw in reader.messages(connections=connections)]
+
+
+def frames(spec: dict) -> list:
+    if "bag" in spec:
+        return bag_messages(spec["bag"], spec["topic"])
+    start = spec.get("start_ns", 1_000_000_000)
+    return [image_message(path, spec["format"], start + i * spec["period_ns"])
+            for i, path in enumerate(spec["images"])]
+
+
+def stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def answer(msg: PlaceMatchArray, rtt_ms: float) -> dict:
+    return {"ids": [m.place_id for m in msg.matches], "scores": [m.score for m in msg.matches],
+            "accepted": msg.accepted, "source": msg.source, "latency_ms": msg.latency_ms, "rtt_ms": rtt_ms,
+            "filtered": msg.filtered, "probability": msg.probability,
+            "raw_ids": [m.place_id for m in msg.raw_matches],
+            "poses_x": [m.pose.position.x if m.has_pose else None for m in msg.matches],
+            "latitudes": [m.latitude for m in msg.matches]}
+
+
 def main() -> int:
     spec = json.loads(sys.argv[1])
     rclpy.init()
     node = Node("peer_camera")
     qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-    kind = Image if spec["format"] == "raw" else CompressedImage
-    pub = node.create_publisher(kind, spec["topic"], qos)
+    messages = frames(spec)
+    pub = node.create_publisher(type(messages[0]), spec["topic"], qos)
     answered: dict[int, dict] = {}
     loops: list[list[int]] = []
+    sent_at: dict[int, float] = {}
 
     def on_answer(msg: PlaceMatchArray) -> None:
-        answered[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = {
-            "ids": [m.place_id for m in msg.matches], "scores": [m.score for m in msg.matches],
-            "accepted": msg.accepted, "source": msg.source, "latency_ms": msg.latency_ms}
+        stamp = stamp_ns(msg)
+        answered[stamp] = answer(msg, (time.monotonic() - sent_at.get(stamp, float("nan"))) * 1e3)
 
     node.create_subscription(PlaceMatchArray, spec["answer_topic"], on_answer, qos)
     if spec.get("loop_topic"):
@@ -56,23 +94,20 @@ def main() -> int:
                                  lambda msg: loops.append([msg.query_id, msg.match_id]), qos)
     while pub.get_subscription_count() == 0:
         rclpy.spin_once(node, timeout_sec=0.1)
-    for i, path in enumerate(spec["images"]):
-        stamp = spec.get("start_ns", 1_000_000_000) + i * spec["period_ns"]
-        msg = image_message(path, spec["format"], stamp)
+    for msg in messages:
+        stamp = stamp_ns(msg)
         deadline = time.monotonic() + spec["timeout_s"]
-        next_send = 0.0
+        sent_at[stamp] = time.monotonic()
+        pub.publish(msg)
         while stamp not in answered:
             if time.monotonic() > deadline:
-                print(f"no answer for {path}", flush=True)
+                print(f"no answer for the frame stamped {stamp} ns", flush=True)
                 return 1
-            if time.monotonic() >= next_send:  # resend: a frame taken while the node was busy is replaced
-                pub.publish(msg)
-                next_send = time.monotonic() + 5.0
             rclpy.spin_once(node, timeout_sec=0.05)
     end = time.monotonic() + 1.0  # a loop closure goes out just after its frame's answer
     while time.monotonic() < end:
         rclpy.spin_once(node, timeout_sec=0.05)
-    print(f"sent {len(spec['images'])} frames", flush=True)
+    print(f"sent {len(messages)} frames", flush=True)
     print("ANSWERS " + json.dumps({"matches": answered, "loops": loops}), flush=True)
     node.destroy_node()
     rclpy.try_shutdown()

@@ -15,8 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from conftest import DATA
-from vpr_core.loop.relative_pose import CameraModel
+from vpr_core.loop.camera_model import CameraModel
 
 ROOM_MIN = np.array([-2.5, -1.4, -2.5])
 ROOM_MAX = np.array([2.5, 1.4, 4.0])
@@ -26,8 +25,8 @@ TEXTURE_FRAMES = (3, 17, 30, 45, 58, 72)
 FACES = ((0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1))
 
 
-def load_textures(data: Path = DATA) -> list[np.ndarray]:
-    """The RGB frames pasted onto the faces."""
+def load_textures(data: Path) -> list[np.ndarray]:
+    """The RGB frames pasted onto the faces, from the data sets' folder `data`."""
     images = []
     for frame in TEXTURE_FRAMES:
         path = data / "rtabmap_loop" / "images" / f"{frame:04d}.jpg"

@@ -13,7 +13,6 @@ from itertools import islice
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from conftest import REPO
 from frame_sources import FirstFrames
@@ -29,12 +28,11 @@ FRAMES = 24
 
 @pytest.fixture(scope="module")
 def corridor(data_dir):
-    torch.set_num_threads(1)
     return open_dataset(f"vpr_bench:{data_dir / 'corridor'}")
 
 
 @pytest.fixture(scope="module")
-def encoder():
+def encoder(module_torch_threads):
     return create_encoder(EncoderConfig(preset="lite0", backend="torch", threads=1))
 
 
@@ -76,14 +74,14 @@ def test_a_trained_index_is_stored_and_reused(corridor, encoder, tmp_path):
     assert list(searcher.search(codes, desc, k=1).ids[:, 0]) == [0, 1, 2]
 
 
-def test_cli_builds_a_map_from_an_image_folder(tmp_path):
+def test_cli_builds_a_map_from_an_image_folder(data_dir, tmp_path):
     out = tmp_path / "map"
     run = subprocess.run([sys.executable, "-m", "vpr_core.cli", "build-map", "--source",
-                          f"folder:{REPO.parent / 'shared' / 'data' / 'corridor' / 'ref'}", "--out", str(out),
+                          f"folder:{data_dir / 'corridor' / 'ref'}", "--out", str(out),
                           "--preset", "lite0", "--backend", "onnxruntime", "--threads", "1"],
                          capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert MapDB.load(out).size == len(list((REPO.parent / "shared" / "data" / "corridor" / "ref").iterdir()))
+    assert MapDB.load(out).size == len(list((data_dir / "corridor" / "ref").iterdir()))
 
 
 def damaged_folder(data_dir, folder):

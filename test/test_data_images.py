@@ -1,4 +1,4 @@
-"""Image folder reader, the frame record, and image decoding errors, on real images from ../shared/data."""
+"""Image folder reader, the frame record, and image decoding errors, on real images of the data sets."""
 
 from __future__ import annotations
 
@@ -9,19 +9,22 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DATA as DATA_ROOT
 from vpr_core.data import DataError, Frame, open_source
 from vpr_core.data.images import list_images, natural_key, read_rgb
 
-RTABMAP = DATA_ROOT / "rtabmap_loop" / "images"
+
+
+@pytest.fixture(scope="module")
+def rtabmap(data_dir: Path) -> Path:
+    return data_dir / "rtabmap_loop" / "images"
 
 
 def rgb_of(path: Path) -> np.ndarray:
     return cv2.imread(str(path))[:, :, ::-1]
 
 
-def test_natural_order_and_pixels(tmp_path: Path) -> None:
-    sources = sorted(RTABMAP.glob("*.jpg"))[:12]
+def test_natural_order_and_pixels(rtabmap: Path, tmp_path: Path) -> None:
+    sources = sorted(rtabmap.glob("*.jpg"))[:12]
     for i, src in enumerate(sources):  # unpadded numbers: plain sorting would put frame10 after frame1
         shutil.copy(src, tmp_path / f"frame{i}.jpg")
     (tmp_path / "notes.txt").write_text("not an image")
@@ -37,9 +40,9 @@ def test_natural_order_and_pixels(tmp_path: Path) -> None:
         assert frame.stamp_ns is None and frame.pose is None and frame.latlon is None
 
 
-def test_real_folder_is_rgb_with_stamps_from_rate() -> None:
-    source = open_source(RTABMAP, rate_hz=4)
-    files = sorted(RTABMAP.glob("*.jpg"))
+def test_real_folder_is_rgb_with_stamps_from_rate(rtabmap: Path) -> None:
+    source = open_source(rtabmap, rate_hz=4)
+    files = sorted(rtabmap.glob("*.jpg"))
     assert len(source) == len(files)
     frame = source[len(files) - 1]
     assert frame.name == files[-1].name
@@ -52,8 +55,8 @@ def test_real_folder_is_rgb_with_stamps_from_rate() -> None:
         source[len(files)]
 
 
-def test_recursive_listing(tmp_path: Path) -> None:
-    files = sorted(RTABMAP.glob("*.jpg"))[:3]
+def test_recursive_listing(rtabmap: Path, tmp_path: Path) -> None:
+    files = sorted(rtabmap.glob("*.jpg"))[:3]
     (tmp_path / "b").mkdir()
     (tmp_path / "a").mkdir()
     shutil.copy(files[0], tmp_path / "b" / "0.jpg")
@@ -63,8 +66,8 @@ def test_recursive_listing(tmp_path: Path) -> None:
     assert [f.name for f in open_source(tmp_path)] == ["top.jpg"]
 
 
-def test_frames_are_read_lazily_and_bad_image_named(tmp_path: Path) -> None:
-    files = sorted(RTABMAP.glob("*.jpg"))[:3]
+def test_frames_are_read_lazily_and_bad_image_named(rtabmap: Path, tmp_path: Path) -> None:
+    files = sorted(rtabmap.glob("*.jpg"))[:3]
     for src in files:
         shutil.copy(src, tmp_path / src.name)
     source = open_source(tmp_path)
@@ -89,13 +92,13 @@ def test_missing_and_empty_folders(tmp_path: Path) -> None:
         read_rgb(tmp_path / "gone.png")
 
 
-def test_bad_option_values(tmp_path: Path) -> None:
+def test_bad_option_values(rtabmap: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="rate_hz must be > 0"):
-        open_source(f"folder:{RTABMAP}?rate_hz=0")
+        open_source(f"folder:{rtabmap}?rate_hz=0")
     with pytest.raises(DataError, match="option rate_hz: expected float, got 'fast'"):
-        open_source(f"folder:{RTABMAP}?rate_hz=fast")
+        open_source(f"folder:{rtabmap}?rate_hz=fast")
     with pytest.raises(DataError, match="option recursive: expected true or false"):
-        open_source(f"folder:{RTABMAP}?recursive=maybe")
+        open_source(f"folder:{rtabmap}?recursive=maybe")
 
 
 def test_natural_key_orders_numbers_by_value() -> None:

@@ -10,12 +10,18 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import DATA as DATA_ROOT
 from vpr_core.data import NORDLAND_DEV, NORDLAND_TEST, DataError, open_dataset, open_source
-from vpr_core.data.vpr_benchmark import parse_utm_name
+from vpr_core.data.utm_name_reader import parse_utm_name
 
-CORRIDOR = DATA_ROOT / "corridor"
-NORDLAND = DATA_ROOT / "nordland_tiny"
+
+@pytest.fixture(scope="module")
+def corridor(data_dir: Path) -> Path:
+    return data_dir / "corridor"
+
+
+@pytest.fixture(scope="module")
+def nordland(data_dir: Path) -> Path:
+    return data_dir / "nordland_tiny"
 
 
 def rgb_of(path: Path) -> np.ndarray:
@@ -25,12 +31,12 @@ def rgb_of(path: Path) -> np.ndarray:
 # --- VPR-Bench -------------------------------------------------------------------------------------
 
 
-def test_corridor_positives_follow_ground_truth_file() -> None:
-    dataset = open_dataset(CORRIDOR)
-    refs = sorted((CORRIDOR / "ref").glob("*.jpg"))
-    queries = sorted((CORRIDOR / "query").glob("*.jpg"))
+def test_corridor_positives_follow_ground_truth_file(corridor: Path) -> None:
+    dataset = open_dataset(corridor)
+    refs = sorted((corridor / "ref").glob("*.jpg"))
+    queries = sorted((corridor / "query").glob("*.jpg"))
     assert (len(dataset.database), len(dataset.queries)) == (len(refs), len(queries))
-    with (CORRIDOR / "ground_truth.csv").open() as f:
+    with (corridor / "ground_truth.csv").open() as f:
         rows = list(csv.reader(f))[1:]
     assert len(rows) == len(queries)
     for query, refs_text in rows:
@@ -39,11 +45,11 @@ def test_corridor_positives_follow_ground_truth_file() -> None:
     np.testing.assert_array_equal(dataset.database[5].rgb, rgb_of(refs[5]))
     np.testing.assert_array_equal(dataset.queries[7].rgb, rgb_of(queries[7]))
     assert dataset.summary()["queries_without_positives"] == 0
-    assert open_source(f"{CORRIDOR}?part=queries").names == [p.name for p in queries]
+    assert open_source(f"{corridor}?part=queries").names == [p.name for p in queries]
 
 
-def make_vpr_bench(root: Path, ground_truth: str | None) -> Path:
-    images = sorted((CORRIDOR / "ref").glob("*.jpg"))[:3]
+def make_vpr_bench(corridor: Path, root: Path, ground_truth: str | None) -> Path:
+    images = sorted((corridor / "ref").glob("*.jpg"))[:3]
     for sub in ("query", "ref"):
         (root / sub).mkdir(parents=True)
         for img in images:
@@ -53,8 +59,8 @@ def make_vpr_bench(root: Path, ground_truth: str | None) -> Path:
     return root
 
 
-def test_vpr_bench_query_without_row_has_no_positives(tmp_path: Path) -> None:
-    dataset = open_dataset(make_vpr_bench(tmp_path / "d", "query_index,ref_indices\n0,0 1\n2,2\n"))
+def test_vpr_bench_query_without_row_has_no_positives(corridor: Path, tmp_path: Path) -> None:
+    dataset = open_dataset(make_vpr_bench(corridor, tmp_path / "d", "query_index,ref_indices\n0,0 1\n2,2\n"))
     assert [p.tolist() for p in dataset.positive_lists] == [[0, 1], [], [2]]
     assert dataset.summary()["queries_without_positives"] == 1
 
@@ -69,14 +75,14 @@ def test_vpr_bench_query_without_row_has_no_positives(tmp_path: Path) -> None:
         ("query_index,ref_indices\n0,0,1\n", r"line 2: expected 'query_index,ref_indices'"),
     ],
 )
-def test_vpr_bench_bad_ground_truth_rows(tmp_path: Path, text: str, problem: str) -> None:
-    root = make_vpr_bench(tmp_path / "d", text)
+def test_vpr_bench_bad_ground_truth_rows(corridor: Path, tmp_path: Path, text: str, problem: str) -> None:
+    root = make_vpr_bench(corridor, tmp_path / "d", text)
     with pytest.raises(DataError, match=rf"ground_truth.csv, {problem}"):
         open_dataset(f"vpr_bench:{root}")
 
 
-def test_vpr_bench_missing_parts(tmp_path: Path) -> None:
-    root = make_vpr_bench(tmp_path / "d", None)
+def test_vpr_bench_missing_parts(corridor: Path, tmp_path: Path) -> None:
+    root = make_vpr_bench(corridor, tmp_path / "d", None)
     with pytest.raises(DataError, match="ground-truth file .*ground_truth.csv does not exist"):
         open_dataset(f"vpr_bench:{root}")
     shutil.rmtree(root / "query")
@@ -91,8 +97,8 @@ def utm_name(east: float, north: float, lat: str = "", lon: str = "") -> str:
     return f"@{east:.2f}@{north:.2f}@32@V@{lat}@{lon}@pano@@0@@@@2017@note@.jpg"
 
 
-def make_utm_benchmark(root: Path, db_xy: np.ndarray, query_xy: np.ndarray) -> Path:
-    images = sorted((CORRIDOR / "ref").glob("*.jpg"))
+def make_utm_benchmark(corridor: Path, root: Path, db_xy: np.ndarray, query_xy: np.ndarray) -> Path:
+    images = sorted((corridor / "ref").glob("*.jpg"))
     for sub, points in (("database", db_xy), ("queries", query_xy)):
         (root / sub).mkdir(parents=True)
         for i, (east, north) in enumerate(points):
@@ -100,13 +106,13 @@ def make_utm_benchmark(root: Path, db_xy: np.ndarray, query_xy: np.ndarray) -> P
     return root
 
 
-def test_utm_positives_are_within_radius(tmp_path: Path) -> None:
+def test_utm_positives_are_within_radius(corridor: Path, tmp_path: Path) -> None:
     # Northings of 6.6e6 m, where float32 steps by 0.5 m: positives at 24.9 m and misses at 25.1 m
     # must still be told apart.
     e0, n0 = 597_000.0, 6_643_000.0
     db = np.array([[e0, n0], [e0, n0 + 24.9], [e0, n0 - 25.1], [e0 + 60, n0], [e0 + 300, n0 - 40]])
     queries = np.array([[e0, n0], [e0 + 300, n0 - 20], [e0 - 500, n0]])
-    root = make_utm_benchmark(tmp_path / "bench", db, queries)
+    root = make_utm_benchmark(corridor, tmp_path / "bench", db, queries)
     dataset = open_dataset(root)
     assert dataset.rule.startswith("database images within 25 m")
     # Files come back sorted by name, so positions are read back in that order.
@@ -125,9 +131,9 @@ def test_utm_positives_are_within_radius(tmp_path: Path) -> None:
     assert frame.utm == tuple(q_sorted[0]) and frame.latlon == (59.91, 10.75)
 
 
-def test_utm_radius_option(tmp_path: Path) -> None:
+def test_utm_radius_option(corridor: Path, tmp_path: Path) -> None:
     db = np.array([[500_000.0, 4_000_000.0], [500_040.0, 4_000_000.0]])
-    root = make_utm_benchmark(tmp_path / "bench", db, db[:1])
+    root = make_utm_benchmark(corridor, tmp_path / "bench", db, db[:1])
     assert open_dataset(root).positives(0).tolist() == [0]
     assert open_dataset(f"{root}?radius_m=50").positives(0).tolist() == [0, 1]
     with pytest.raises(DataError, match="radius_m must be > 0"):
@@ -157,9 +163,9 @@ def test_parse_utm_names() -> None:
         parse_utm_name("@nan@2@.jpg")
 
 
-def test_utm_layout_errors(tmp_path: Path) -> None:
-    root = make_utm_benchmark(tmp_path / "bench", np.array([[1.0, 2.0]]), np.array([[1.0, 2.0]]))
-    shutil.copy(sorted((CORRIDOR / "ref").glob("*.jpg"))[0], root / "queries" / "plain.jpg")
+def test_utm_layout_errors(corridor: Path, tmp_path: Path) -> None:
+    root = make_utm_benchmark(corridor, tmp_path / "bench", np.array([[1.0, 2.0]]), np.array([[1.0, 2.0]]))
+    shutil.copy(sorted((corridor / "ref").glob("*.jpg"))[0], root / "queries" / "plain.jpg")
     with pytest.raises(DataError, match=r"plain.jpg: file name 'plain.jpg' is not of the form"):
         open_dataset(root)
     downloader = tmp_path / "pitts"
@@ -169,7 +175,7 @@ def test_utm_layout_errors(tmp_path: Path) -> None:
     ):
         open_dataset(f"vpr_benchmark:{downloader}")
     zones = tmp_path / "zones"
-    make_utm_benchmark(zones, np.array([[1.0, 2.0]]), np.array([[1.0, 2.0]]))
+    make_utm_benchmark(corridor, zones, np.array([[1.0, 2.0]]), np.array([[1.0, 2.0]]))
     img = next((zones / "database").iterdir())
     shutil.copy(img, zones / "database" / img.name.replace("@32@V@", "@33@V@").replace("@1.00@", "@5.00@"))
     with pytest.raises(DataError, match="span UTM zones 32V, 33V"):
@@ -179,10 +185,10 @@ def test_utm_layout_errors(tmp_path: Path) -> None:
 # --- season pairs (Nordland) ---------------------------------------------------------------------------
 
 
-def test_nordland_splits_partition_the_data() -> None:
-    all_names = sorted(p.name for p in (NORDLAND / "summer").glob("*.png"))
-    dev = open_dataset(f"seasons:{NORDLAND}?split=dev")
-    test = open_dataset(f"{NORDLAND}?split=test")
+def test_nordland_splits_partition_the_data(nordland: Path) -> None:
+    all_names = sorted(p.name for p in (nordland / "summer").glob("*.png"))
+    dev = open_dataset(f"seasons:{nordland}?split=dev")
+    test = open_dataset(f"{nordland}?split=test")
     assert dev.database.names[0] == NORDLAND_DEV.first + ".png"
     assert dev.database.names[-1] == NORDLAND_DEV.last + ".png"
     assert test.database.names[0] == NORDLAND_TEST.first + ".png"
@@ -195,28 +201,28 @@ def test_nordland_splits_partition_the_data() -> None:
     assert test.positives(5).tolist() == [4, 5, 6]
     assert test.positives(n - 1).tolist() == [n - 2, n - 1]
     name = test.database.names[5]
-    np.testing.assert_array_equal(test.database[5].rgb, rgb_of(NORDLAND / "summer" / name))
-    np.testing.assert_array_equal(test.queries[5].rgb, rgb_of(NORDLAND / "winter" / name))
+    np.testing.assert_array_equal(test.database[5].rgb, rgb_of(nordland / "summer" / name))
+    np.testing.assert_array_equal(test.queries[5].rgb, rgb_of(nordland / "winter" / name))
     assert (test.database[5].camera, test.queries[5].camera) == ("summer", "winter")
 
 
-def test_seasons_range_tolerance_and_part() -> None:
+def test_seasons_range_tolerance_and_part(nordland: Path) -> None:
     dataset = open_dataset(
-        f"{NORDLAND}?first=images-00100&last=images-00150&tolerance=0&database=winter&queries=summer"
+        f"{nordland}?first=images-00100&last=images-00150&tolerance=0&database=winter&queries=summer"
     )
     assert dataset.database.names == [f"images-{i:05d}.png" for i in range(100, 151, 10)]
     assert [p.tolist() for p in dataset.positive_lists] == [[i] for i in range(6)]
     assert dataset.database.camera == "winter"
-    wide = open_dataset(f"{NORDLAND}?first=images-00100&last=images-00150&tolerance=2")
+    wide = open_dataset(f"{nordland}?first=images-00100&last=images-00150&tolerance=2")
     assert wide.positives(0).tolist() == [0, 1, 2] and wide.positives(3).tolist() == [1, 2, 3, 4, 5]
-    queries = open_source(f"{NORDLAND}?split=test&part=queries")
-    assert queries.camera == "winter" and len(queries) == len(open_source(f"{NORDLAND}?split=test"))
+    queries = open_source(f"{nordland}?split=test&part=queries")
+    assert queries.camera == "winter" and len(queries) == len(open_source(f"{nordland}?split=test"))
 
 
-def test_seasons_errors(tmp_path: Path) -> None:
+def test_seasons_errors(nordland: Path, tmp_path: Path) -> None:
     for season, count in (("summer", 3), ("winter", 2)):
         (tmp_path / season).mkdir()
-        for src in sorted((NORDLAND / season).glob("*.png"))[:count]:
+        for src in sorted((nordland / season).glob("*.png"))[:count]:
             shutil.copy(src, tmp_path / season / src.name)
     with pytest.raises(
         DataError, match=r"same file names; only in summer: \['images-00030.png'\], only in winter: \[\]"

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DATA as DATA_ROOT
 from vpr_core.data.bag_writer import ImageStream, load_frames, stamps_at, write_bag
 from vpr_core.data import READERS, DataError, FrameSource, get_reader, open_dataset, open_source, parse_spec
 
@@ -22,15 +21,15 @@ def test_every_registered_reader_loads() -> None:
     assert get_reader("vpr_bench").open_dataset_fn is not None
 
 
-def test_layouts_are_detected(tmp_path: Path) -> None:
-    assert parse_spec(DATA_ROOT / "corridor")[0] == "vpr_bench"
-    assert parse_spec(DATA_ROOT / "nordland_tiny")[0] == "seasons"
-    assert parse_spec(DATA_ROOT / "rtabmap_loop" / "images")[0] == "folder"
-    assert isinstance(open_source(DATA_ROOT / "rtabmap_loop" / "images"), FrameSource)
+def test_layouts_are_detected(data_dir: Path, tmp_path: Path) -> None:
+    assert parse_spec(data_dir / "corridor")[0] == "vpr_bench"
+    assert parse_spec(data_dir / "nordland_tiny")[0] == "seasons"
+    assert parse_spec(data_dir / "rtabmap_loop" / "images")[0] == "folder"
+    assert isinstance(open_source(data_dir / "rtabmap_loop" / "images"), FrameSource)
     (tmp_path / "database").mkdir()
     (tmp_path / "queries").mkdir()
     assert parse_spec(tmp_path)[0] == "vpr_benchmark"
-    frames = load_frames(DATA_ROOT / "corridor" / "ref", 2)
+    frames = load_frames(data_dir / "corridor" / "ref", 2)
     for storage in ("mcap", "ros1"):
         bag = write_bag(
             tmp_path / f"bag_{storage}", [ImageStream("/cam", frames, stamps_at(10, 2))], storage=storage
@@ -48,15 +47,15 @@ def test_spec_names_reader_path_and_options() -> None:
     assert get_reader("seasons").make_config({"split": "none"}).split is None
 
 
-def test_keyword_options_override_the_spec() -> None:
-    corridor = DATA_ROOT / "corridor"
+def test_keyword_options_override_the_spec(data_dir: Path) -> None:
+    corridor = data_dir / "corridor"
     queries = open_source(f"{corridor}?part=database", part="queries")
     assert queries.names == sorted(p.name for p in (corridor / "query").glob("*.jpg"))
     frame = queries[0]
     np.testing.assert_array_equal(frame.rgb, open_source(corridor / "query")[0].rgb)
 
 
-def test_spec_errors(tmp_path: Path) -> None:
+def test_spec_errors(data_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown reader 'pictures'; choose one of: folder, vpr_benchmark"):
         open_source(f"pictures:{tmp_path}")
     with pytest.raises(DataError, match="unknown reader 'nope'"):
@@ -80,12 +79,12 @@ def test_spec_errors(tmp_path: Path) -> None:
         DataError,
         match="reader 'folder' has no ground truth.*evaluation layouts: vpr_benchmark, vpr_bench, seasons",
     ):
-        open_dataset(f"folder:{DATA_ROOT / 'rtabmap_loop' / 'images'}")
+        open_dataset(f"folder:{data_dir / 'rtabmap_loop' / 'images'}")
 
 
-def test_a_path_object_is_never_parsed_as_a_spec(tmp_path: Path) -> None:
+def test_a_path_object_is_never_parsed_as_a_spec(data_dir: Path, tmp_path: Path) -> None:
     odd = tmp_path / "folder:run?1"
     odd.mkdir()
-    shutil.copy(next((DATA_ROOT / "corridor" / "ref").glob("*.jpg")), odd / "0.jpg")
+    shutil.copy(next((data_dir / "corridor" / "ref").glob("*.jpg")), odd / "0.jpg")
     assert parse_spec(odd) == ("folder", odd, {})
     assert len(open_source(odd)) == 1

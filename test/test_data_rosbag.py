@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from rosbags.typesys import get_typestore
 
-from conftest import DATA as DATA_ROOT
 from vpr_core.data.bag_writer import (
     ROS2_STORE,
     START_NS,
@@ -28,7 +27,12 @@ from vpr_core.data import DataError, open_source
 from vpr_core.data.ros_image import image_msg_to_rgb
 
 N = 8
-FRAMES = load_frames(DATA_ROOT / "corridor" / "query", N, step=3)
+
+
+@pytest.fixture(scope="module")
+def images(data_dir: Path) -> list[np.ndarray]:
+    """Real corridor queries, the pixels the bags are written from."""
+    return load_frames(data_dir / "corridor" / "query", N, step=3)
 
 
 def nearest_index(stamps: np.ndarray, t: int) -> int:
@@ -43,17 +47,17 @@ def random_poses(count: int, seed: int) -> np.ndarray:
 
 @pytest.mark.parametrize("storage", STORAGES)
 @pytest.mark.parametrize("encoding", ["rgb8", "bgr8", "mono8", "jpeg", "png"])
-def test_images_come_back_as_written(tmp_path: Path, storage: str, encoding: str) -> None:
+def test_images_come_back_as_written(images: list[np.ndarray], tmp_path: Path, storage: str, encoding: str) -> None:
     stamps = stamps_at(10, N)
     bag = write_bag(
-        tmp_path / "bag", [ImageStream("/camera/image", FRAMES, stamps, encoding=encoding)], storage=storage
+        tmp_path / "bag", [ImageStream("/camera/image", images, stamps, encoding=encoding)], storage=storage
     )
     source = open_source(f"rosbag:{bag}")
     assert len(source) == N
     frames = list(source)
     assert [f.stamp_ns for f in frames] == stamps.tolist()
     assert [f.index for f in frames] == list(range(N))
-    for frame, rgb in zip(frames, FRAMES):
+    for frame, rgb in zip(frames, images):
         assert frame.camera == "/camera/image" and frame.source == str(bag)
         # exact for lossless encodings; for jpeg, exactly the decoded JPEG bytes and close to the source
         np.testing.assert_array_equal(frame.rgb, expected_rgb(rgb, encoding))
@@ -74,7 +78,8 @@ def track_poses(stamps: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(
     ("storage", "kind"), [("sqlite3", "odometry"), ("mcap", "pose_stamped"), ("ros1", "odometry")]
 )
-def test_poses_interpolated_and_fixes_matched_by_nearest_stamp(tmp_path: Path, storage: str, kind: str) -> None:
+def test_poses_interpolated_and_fixes_matched_by_nearest_stamp(images: list[np.ndarray], tmp_path: Path, storage: str,
+                                                              kind: str) -> None:
     image_stamps = stamps_at(10, N)
     # Poses at 33 Hz from 17 ms before the first image, with a hole where frames 4 and 5 sit.
     pose_stamps = stamps_at(33, 30, start_ns=START_NS - 17_000_000)
@@ -83,7 +88,7 @@ def test_poses_interpolated_and_fixes_matched_by_nearest_stamp(tmp_path: Path, s
     fix_stamps = stamps_at(5, 4, start_ns=START_NS + 10_000_000)
     fixes = np.array([[59.9, 10.7], [59.91, 10.71], [59.92, 10.72], [59.93, 10.73]])
     streams = [
-        ImageStream("/cam", FRAMES, image_stamps, encoding="jpeg"),
+        ImageStream("/cam", images, image_stamps, encoding="jpeg"),
         PoseStream("/odom", track_poses(pose_stamps), pose_stamps, kind=kind),
         GpsStream("/fix", fixes, fix_stamps, no_fix=[1]),
     ]
@@ -107,12 +112,12 @@ def test_poses_interpolated_and_fixes_matched_by_nearest_stamp(tmp_path: Path, s
     assert all(f.pose is None and f.latlon is None for f in without)
 
 
-def test_several_cameras_in_time_order(tmp_path: Path) -> None:
+def test_several_cameras_in_time_order(images: list[np.ndarray], tmp_path: Path) -> None:
     left = stamps_at(10, 4)
     right = left + 30_000_000
     streams = [
-        ImageStream("/left/image", FRAMES[:4], left, encoding="rgb8"),
-        ImageStream("/right/image/compressed", FRAMES[4:], right, encoding="png"),
+        ImageStream("/left/image", images[:4], left, encoding="rgb8"),
+        ImageStream("/right/image/compressed", images[4:], right, encoding="png"),
     ]
     bag = write_bag(tmp_path / "bag", streams, storage="mcap")
     with pytest.raises(
@@ -124,29 +129,29 @@ def test_several_cameras_in_time_order(tmp_path: Path) -> None:
     assert len(source) == len(frames) == 8
     assert [f.camera for f in frames] == ["/left/image", "/right/image/compressed"] * 4
     assert [f.stamp_ns for f in frames] == sorted(left.tolist() + right.tolist())
-    np.testing.assert_array_equal(frames[1].rgb, FRAMES[4])
+    np.testing.assert_array_equal(frames[1].rgb, images[4])
     only_right = list(open_source(bag, topics="/right/image/compressed"))
     assert [f.name for f in only_right] == [f"/right/image/compressed@{t}" for t in right]
 
 
-def test_bag_time_instead_of_header_stamps(tmp_path: Path) -> None:
+def test_bag_time_instead_of_header_stamps(images: list[np.ndarray], tmp_path: Path) -> None:
     stamps = stamps_at(10, 3)
-    stream = ImageStream("/cam", FRAMES[:3], stamps, receive_delay_ns=7_000_000)
+    stream = ImageStream("/cam", images[:3], stamps, receive_delay_ns=7_000_000)
     bag = write_bag(tmp_path / "bag", [stream], storage="sqlite3")
     assert [f.stamp_ns for f in open_source(bag)] == stamps.tolist()
     assert [f.stamp_ns for f in open_source(bag, header_stamps=False)] == (stamps + 7_000_000).tolist()
 
 
-def test_padded_rows_are_dropped(tmp_path: Path) -> None:
-    stream = ImageStream("/cam", FRAMES[:2], stamps_at(10, 2), encoding="bgr8", row_padding=5)
+def test_padded_rows_are_dropped(images: list[np.ndarray], tmp_path: Path) -> None:
+    stream = ImageStream("/cam", images[:2], stamps_at(10, 2), encoding="bgr8", row_padding=5)
     bag = write_bag(tmp_path / "bag", [stream], storage="ros1")
-    for frame, rgb in zip(open_source(bag), FRAMES):
+    for frame, rgb in zip(open_source(bag), images):
         np.testing.assert_array_equal(frame.rgb, rgb)
 
 
-def test_missing_topics_are_named(tmp_path: Path) -> None:
+def test_missing_topics_are_named(images: list[np.ndarray], tmp_path: Path) -> None:
     streams = [
-        ImageStream("/cam", FRAMES[:2], stamps_at(10, 2)),
+        ImageStream("/cam", images[:2], stamps_at(10, 2)),
         PoseStream("/odom", random_poses(2, 0), stamps_at(10, 2)),
         PoseStream("/slam/pose", random_poses(2, 1), stamps_at(10, 2), kind="pose_stamped"),
     ]
@@ -172,10 +177,10 @@ def test_missing_topics_are_named(tmp_path: Path) -> None:
         open_source(no_images)
 
 
-def test_broken_image_message_named_or_skipped(tmp_path: Path) -> None:
+def test_broken_image_message_named_or_skipped(images: list[np.ndarray], tmp_path: Path) -> None:
     stamps = stamps_at(10, 4)
     bag = write_bag(
-        tmp_path / "bag", [ImageStream("/cam", FRAMES[:4], stamps, truncated=[2])], storage="mcap"
+        tmp_path / "bag", [ImageStream("/cam", images[:4], stamps, truncated=[2])], storage="mcap"
     )
     frames = iter(open_source(bag))
     next(frames), next(frames)
@@ -187,7 +192,7 @@ def test_broken_image_message_named_or_skipped(tmp_path: Path) -> None:
     kept = list(source)
     assert [f.stamp_ns for f in kept] == [stamps[0], stamps[1], stamps[3]]
     assert [f.index for f in kept] == [0, 1, 2]
-    np.testing.assert_array_equal(kept[2].rgb, FRAMES[3])
+    np.testing.assert_array_equal(kept[2].rgb, images[3])
     assert len(source.skipped) == 1 and "message 2" in source.skipped[0]
 
 
@@ -201,12 +206,12 @@ def test_missing_or_corrupt_bag(tmp_path: Path) -> None:
         open_source(f"rosbag:{tmp_path / 'junk.mcap'}?max_gap_s=-1")
 
 
-def test_stopping_early_closes_the_bag(tmp_path: Path) -> None:
-    bag = write_bag(tmp_path / "bag", [ImageStream("/cam", FRAMES, stamps_at(10, N))], storage="sqlite3")
+def test_stopping_early_closes_the_bag(images: list[np.ndarray], tmp_path: Path) -> None:
+    bag = write_bag(tmp_path / "bag", [ImageStream("/cam", images, stamps_at(10, N))], storage="sqlite3")
     source = open_source(bag)
     for _ in range(3):  # each pass opens the bag again; an unclosed reader would leak or fail here
         first = next(iter(source))
-        np.testing.assert_array_equal(first.rgb, FRAMES[0])
+        np.testing.assert_array_equal(first.rgb, images[0])
     assert len(list(source)) == N
 
 
@@ -229,8 +234,8 @@ def raw_msg(data: np.ndarray, height: int, width: int, encoding: str, step: int)
     )
 
 
-def test_sixteen_bit_and_alpha_encodings() -> None:
-    rgb = FRAMES[0]
+def test_sixteen_bit_and_alpha_encodings(images: list[np.ndarray]) -> None:
+    rgb = images[0]
     h, w = rgb.shape[:2]
     grey16 = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16) * 257
     out = image_msg_to_rgb(raw_msg(grey16.view(np.uint8), h, w, "mono16", 2 * w))
@@ -270,12 +275,12 @@ def test_malformed_compressed_images() -> None:
         image_msg_to_rgb(raw_msg(np.zeros(0, np.uint8), 120, 0, "rgb8", 0))
 
 
-def test_rclpy_messages_convert_too() -> None:
+def test_rclpy_messages_convert_too(images: list[np.ndarray]) -> None:
     # The node hands rclpy messages (data as array.array) to the same function.
     from sensor_msgs.msg import CompressedImage as RclpyCompressed
     from sensor_msgs.msg import Image as RclpyImage
 
-    rgb = FRAMES[2]
+    rgb = images[2]
     h, w = rgb.shape[:2]
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     raw = RclpyImage(height=h, width=w, encoding="bgr8", step=3 * w, data=bgr.tobytes())

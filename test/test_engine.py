@@ -19,7 +19,8 @@ import torch
 from vpr_core import cli
 from vpr_core.data.images import read_rgb
 from vpr_core.engine import EncoderConfig, create_encoder, ort_backend
-from vpr_core.engine.onnx_export import INPUT_NAME, OUTPUT_NAMES, description_path, export_onnx, stale_reason
+from vpr_core.engine.onnx_description import INPUT_NAME, OUTPUT_NAMES, description_path
+from vpr_core.engine.onnx_export import export_onnx, stale_reason
 
 PRESETS = ("lite0", "lite0-mix", "vits14-test")
 IMAGE_FILES = (
@@ -39,15 +40,7 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("engine_cache")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The encoders here run one thread: on a small machine shared with other jobs, torch's OpenMP
-    pool with two threads stalls at every operator (lite0 took 1.9 s per image instead of 0.08 s).
-    torch's thread count is per process, so it is restored for the tests that follow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # model building and export too, not only the encoders
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_torch_threads")  # model building too, not only the tests
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +190,7 @@ def test_fp16_graph_keeps_the_fp16_contract(encoders, real_images, tmp_path):
     images = real_images[::2]  # one per data set: ONNX Runtime's CPU fp16 kernels are slow
     logits, desc = session.run(list(OUTPUT_NAMES), {INPUT_NAME: reference.preprocess(images)})
     codes_t, desc_t = reference.encode(images)
-    # The contract for fp16 backends (DESIGN.md): cosine > 0.99, < 1% of bits differ.
+    # The contract for fp16 backends: cosine > 0.99, < 1% of bits differ.
     assert (desc * desc_t).sum(axis=1).min() > 0.99
     assert bit_agreement(np.packbits(logits >= 0, axis=1), codes_t).min() >= 0.99
 

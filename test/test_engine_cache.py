@@ -10,10 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
+from conftest import REPO
 from vpr_core.engine.engine_cache import EngineCache, EngineKey, build_lock
 
 PAYLOAD = b"serialized-engine-bytes:" + bytes(range(256))
@@ -91,8 +95,15 @@ def test_missing_or_broken_record_means_rebuild(tmp_path, damage):
     assert not found.hit and str(record) in found.reason
 
 
-def test_key_digest_is_stable_and_distinguishes_keys():
-    assert make_key().digest() == make_key().digest()
+def test_key_digest_is_stable_across_processes_and_distinguishes_keys():
+    """The digest names an engine on disk for later runs: another interpreter, with another hash seed,
+    must compute the same one."""
+    script = ("import sys; sys.path.insert(0, 'test'); from test_engine_cache import make_key; "
+              "print(make_key().digest())")
+    other = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONHASHSEED": "12345"},
+                           capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip() == make_key().digest()
     assert make_key().digest() != make_key(max_batch=4).digest()
     assert make_key().differences(make_key().as_dict()) == []
 

@@ -13,7 +13,8 @@ import pytest
 
 from vpr_core.engine import BACKENDS, EncoderConfig, create_encoder, registry, resolve_backend
 from vpr_core.engine.errors import BackendUnavailable
-from vpr_core.engine.ort_backend import CPU, CUDA, TENSORRT, execution_providers, session_options
+from vpr_core.engine.ort_backend import execution_providers
+from vpr_core.engine.ort_session import CPU, CUDA, TENSORRT, session_options
 
 
 @pytest.mark.parametrize("fields, message", [

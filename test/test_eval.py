@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import cv2
@@ -14,8 +15,8 @@ from vpr_core import cli
 from vpr_core.data import EvalDataset, ImageFiles, open_dataset
 from vpr_core.data.images import list_images
 from vpr_core.engine import EncoderConfig, create_encoder
-from vpr_core.eval import recall_at_n
-from vpr_core.eval.evaluate import EXAMPLES_FILE, RESULTS_FILE, evaluate, example_queries, format_table
+from vpr_core.eval.evaluate import EXAMPLES_FILE, RESULTS_FILE, evaluate, example_queries
+from vpr_core.eval.recall_table import format_table
 from vpr_core.search import SearchConfig
 
 N_QUERIES, N_REFS = 6, 10
@@ -40,7 +41,9 @@ def corridor_subset(data_dir) -> EvalDataset:
 
 
 def test_evaluate_recalls_match_predictions_and_files(corridor_subset, encoder, tmp_path) -> None:
+    start = time.perf_counter()
     results = evaluate(corridor_subset, encoder, SearchConfig(), ns=(1, 5, 10, 20), out_dir=tmp_path, examples=3)
+    wall_ms = (time.perf_counter() - start) * 1e3
 
     assert results["search"]["ns"] == [1, 5, 10]  # 20 > 10 database frames: left out
     positives = corridor_subset.positive_lists
@@ -55,8 +58,9 @@ def test_evaluate_recalls_match_predictions_and_files(corridor_subset, encoder, 
         for n in (1, 5, 10):
             ids = results["predictions"][method][n]
             assert ids.shape == (N_QUERIES, n) and ids.min() >= 0 and ids.max() < N_REFS
-            assert summary["recall"][f"R@{n}"] == recall_at_n(ids, positives, [n])[n]
-            assert summary["latency_ms"][f"k={n}"]["median"] > 0
+            hits = [np.isin(ids[q, :n], p).any() for q, p in enumerate(positives) if p.size]
+            assert summary["recall"][f"R@{n}"] == pytest.approx(np.mean(hits))
+            assert 0 < summary["latency_ms"][f"k={n}"]["median"] < wall_ms
     for n in (1, 5, 10):
         assert np.array_equal(results["predictions"]["float"][n], exhaustive[:, :n])
     shown = results["search"]["shown_k"]
@@ -68,7 +72,8 @@ def test_evaluate_recalls_match_predictions_and_files(corridor_subset, encoder, 
     assert written == {key: value for key, value in results.items() if key != "predictions"}
     assert written["encoder"]["fingerprint"] == encoder.fingerprint
     assert written["dataset"]["database_frames"] == N_REFS
-    assert written["encode"]["images"] == N_REFS + N_QUERIES and written["encode"]["ms_per_image"] > 0
+    assert written["encode"]["images"] == N_REFS + N_QUERIES
+    assert 0 < written["encode"]["ms_per_image"] * (N_REFS + N_QUERIES) < wall_ms
 
     rows = written["examples"]["queries"]
     assert [row["query"] for row in rows] == example_queries(corridor_subset, 3)

@@ -84,17 +84,14 @@ def test_dry_run_exercises_parity_and_timing_on_the_cpu(tmp_path, data_dir):
     assert written.startswith("# gpu_check ") and table_header in written and "cpu fp32 (dry run)" in written
 
 
-def test_a_failing_variant_gets_an_error_row_and_the_others_are_measured(gpu_check, data_dir, monkeypatch):
-    """fp16 on the CPU stands in for a GPU variant that fails (a capture error, out of memory)."""
+def test_a_failing_variant_gets_an_error_row_and_the_others_are_measured(gpu_check, data_dir, monkeypatch,
+                                                                          torch_threads):
+    """fp16 on the CPU stands in for a GPU variant that fails (a capture error, out of memory). One
+    thread, as the dry run: a code check, kept off the other jobs' cores."""
     monkeypatch.setattr(gpu_check, "DATA", data_dir)
     variants = (gpu_check.Variant("cpu fp16", "fp16", False), gpu_check.DRY_RUN_VARIANT)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the dry run: a code check, kept off the other jobs' cores
-    try:
-        rows = gpu_check.check_model(gpu_check.MODELS["lite0-mix"], variants, "cpu", gpu_check.load_images(1), 1,
-                                     (1,), 0.0, 1)
-    finally:
-        torch.set_num_threads(threads)
+    rows = gpu_check.check_model(gpu_check.MODELS["lite0-mix"], variants, "cpu", gpu_check.load_images(1), 1,
+                                 (1,), 0.0, 1)
     assert rows[0]["parity"].startswith("ERROR ValueError: precision 'fp16'") and rows[0]["img/s b1"] == "-"
     assert rows[1]["parity"] == "ok" and float(rows[1]["img/s b1"]) > 0
     assert gpu_check.table(rows, (1,)).count("\n") == 3

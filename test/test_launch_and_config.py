@@ -1,12 +1,13 @@
 """The launch file and the parameter file."""
 
 import importlib.util
+import logging
 
 import pytest
 import yaml
 
 from conftest import REPO
-from vpr_core.localizer import LocalizationConfig
+from vpr_core.acceptance import AcceptanceConfig
 from vpr_core.loop import LoopConfig
 from vpr_core.sequence_filter import SequenceFilterConfig
 from vpr_ros.parameters import SPECS
@@ -27,7 +28,7 @@ def test_yaml_lists_every_parameter_with_its_default_and_a_comment():
         assert lines[i - 1].strip().startswith("#"), f"{spec.name} has no comment above it"
 
 
-@pytest.mark.parametrize("prefix, config_class", [("loop.", LoopConfig), ("localization.", LocalizationConfig),
+@pytest.mark.parametrize("prefix, config_class", [("loop.", LoopConfig), ("localization.", AcceptanceConfig),
                                                   ("filter.", SequenceFilterConfig)])
 def test_node_defaults_are_the_library_defaults(prefix, config_class):
     """The node, `vpr eval-loops` and the offline replay must decide alike when nobody sets anything."""
@@ -36,6 +37,17 @@ def test_node_defaults_are_the_library_defaults(prefix, config_class):
     assert specs
     for spec in specs:
         assert getattr(defaults, spec.name[len(prefix):]) == spec.default, spec.name
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plain_loggers():
+    """Importing `launch` makes every logger created afterwards in this process one that does not
+    propagate (`launch.logging.reset` sets its logger class), which would hide the log records of any
+    module first imported later from the other tests' `caplog`. The launch file is only evaluated here,
+    never run, so the standard class goes back at once."""
+    import launch  # noqa: F401
+
+    logging.setLoggerClass(logging.Logger)
 
 
 def _launch_module():

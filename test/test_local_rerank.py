@@ -15,7 +15,7 @@ from vpr_core.mapdb import LocalFeatures, MapDB, MapError, PlaceRecord
 from vpr_core.search import SearchConfig, SearchResult, TwoStageSearcher
 from vpr_core.search.local_rerank import LocalReranker, LocalRerankConfig, mutual_nn_scores, pool_size
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("module_torch_threads")
 DIM, BITS = 32, 64
 
 
@@ -256,7 +256,8 @@ def test_eval_reports_local_reranking_next_to_two_stage(lite0, data_dir):
     from vpr_core.data import EvalDataset, ImageFiles, open_dataset
     from vpr_core.engine import EncoderConfig
     from vpr_core.engine.torch_backend import create
-    from vpr_core.eval.evaluate import evaluate, format_table
+    from vpr_core.eval.evaluate import evaluate
+    from vpr_core.eval.recall_table import format_table
     from vpr_core.eval.recall import recall_at_n
     from vpr_core.model.local_branch import LocalBranch, LocalBranchConfig, LocalEncoder
 

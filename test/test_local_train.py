@@ -3,6 +3,7 @@ count, and which parts of the local branch each loss trains."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -10,7 +11,7 @@ from vpr_core.model.local_branch import LocalBranch, LocalBranchConfig
 from vpr_core.train.local_losses import (PseudoMatches, contrast_loss, correspondence_precision, matching_evidence,
                                          pseudo_correspondences, reliability_alignment_loss)
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("torch_threads")
 GRID = (3, 4)
 
 

@@ -15,7 +15,8 @@ from vpr_core.build_map import BuildConfig, build_map
 from vpr_core.data import Frame, open_dataset
 from vpr_core.engine import EncoderConfig, create_encoder
 from vpr_core.localization_pose import PoseConfig, estimate_pose, widening
-from vpr_core.localizer import LocalizationConfig, Localizer, LocalizerConfig
+from vpr_core.acceptance import AcceptanceConfig
+from vpr_core.localizer import Localizer, LocalizerConfig
 from vpr_core.mapdb import MapDB
 from vpr_core.messages import pose_with_covariance_fields
 
@@ -109,10 +110,10 @@ def test_thresholds_change_at_run_time_and_bad_ones_change_nothing(corridor_with
     assert any(r.accepted for r in localizer.process(c["queries"][:10]))
     current = dict(loop_min_score=0.65, loop_min_departure=0.35, loop_min_contrast=0.03,
                    keyframe=localizer.config.keyframe, pose=localizer.config.pose)
-    localizer.update_thresholds(localization=LocalizationConfig(min_score=1.0), **current)
+    localizer.update_thresholds(localization=AcceptanceConfig(min_score=1.0), **current)
     assert not any(r.accepted or r.pose for r in localizer.process(c["queries"][:10]))
     with pytest.raises(ValueError, match="min_score"):
-        localizer.update_thresholds(localization=LocalizationConfig(min_score=0.2),
+        localizer.update_thresholds(localization=AcceptanceConfig(min_score=0.2),
                                     **dict(current, loop_min_score=3.0))
     assert localizer.config.localization.min_score == 1.0
 

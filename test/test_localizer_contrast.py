@@ -10,7 +10,8 @@ from vpr_core.build_map import BuildConfig, build_map
 from vpr_core.data import open_dataset
 from vpr_core.data.frame import Frame
 from vpr_core.keyframes import KeyframeConfig
-from vpr_core.localizer import LocalizationConfig, Localizer, LocalizerConfig
+from vpr_core.acceptance import AcceptanceConfig
+from vpr_core.localizer import Localizer, LocalizerConfig
 from vpr_core.loop import LoopConfig
 
 PLACES = 8
@@ -30,13 +31,13 @@ def test_a_dark_frame_is_never_accepted_while_real_frames_are(shipped_encoder, d
     dataset = open_dataset(f"vpr_bench:{data_dir / 'corridor'}")
     map_dir = tmp_path / "map"
     build_map([f for f, _ in zip(dataset.database, range(PLACES))], map_dir, shipped_encoder, BuildConfig())
-    anything = LocalizationConfig(min_score=-1.0, min_margin=0.0)      # every other test passes
+    anything = AcceptanceConfig(min_score=-1.0, min_margin=0.0)      # every other test passes
     localizer = Localizer(LocalizerConfig(map_path=str(map_dir), localization=anything), shipped_encoder)
     real = [f.rgb for f, _ in zip(dataset.queries, range(3))]
     results = localizer.process(_frames([*real, _dark(0)]))
     assert all(r.accepted for r in results[:3]) and all(r.contrast > 0.1 for r in results[:3])
     assert results[3].contrast < 0.03 and results[3].matches and not results[3].accepted
-    off = LocalizationConfig(min_score=-1.0, min_margin=0.0, min_contrast=0.0)
+    off = AcceptanceConfig(min_score=-1.0, min_margin=0.0, min_contrast=0.0)
     again = Localizer(LocalizerConfig(map_path=str(map_dir), localization=off), shipped_encoder)
     assert again.process(_frames([_dark(0)]))[0].accepted                      # the rule, not the map
 

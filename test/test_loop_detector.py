@@ -17,7 +17,6 @@ import pytest
 from vpr_core.loop import GATES, UP_TO_SCALE, Keyframe, LoopConfig, LoopDetector
 
 DIMS = 256
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rtabmap_loop"
 
 # Every gate open, so that a test closes only the one it is about.
 OPEN = dict(
@@ -250,16 +249,14 @@ def test_rate_limit_spaces_loops_in_keyframe_time():
     assert [r.rejected_by for r in list(detector.records)[-14:-5]] == ["rate"] * 9
 
 
-def load_image(frame: int) -> np.ndarray:
-    path = DATA / "images" / f"{frame:04d}.jpg"
+def load_image(data_dir: Path, frame: int) -> np.ndarray:
+    path = data_dir / "rtabmap_loop" / "images" / f"{frame:04d}.jpg"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: the rtabmap_loop data set belongs in ../shared/data (see its README)"
-        )
+        raise FileNotFoundError(f"{path} is missing: the rtabmap_loop data set belongs in VPR_DATA (see its README)")
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
-def test_geometric_verification_rejects_a_lookalike_with_other_geometry():
+def test_geometric_verification_rejects_a_lookalike_with_other_geometry(data_dir):
     """Descriptors claim two revisits; the images (real rtabmap_loop frames) confirm only one."""
     cfg = config(geometric="orb", min_inliers=30, intrinsics=(440.0, 440.0, 256.0, 192.0))
     detector = LoopDetector(cfg)
@@ -267,9 +264,9 @@ def test_geometric_verification_rejects_a_lookalike_with_other_geometry():
     old = {}
     for frame in (26, 48, 0):
         old[frame] = stream.new_place()
-        assert detector.update(stream.keyframe(old[frame], image=load_image(frame))) is None
+        assert detector.update(stream.keyframe(old[frame], image=load_image(data_dir, frame))) is None
 
-    true_loop = detector.update(stream.keyframe(old[26], image=load_image(66)))
+    true_loop = detector.update(stream.keyframe(old[26], image=load_image(data_dir, 66)))
     assert true_loop is not None and true_loop.match_id == 0
     assert true_loop.verified is True and true_loop.inliers >= 30
     relative = true_loop.relative  # T_match_query, up to scale: no depth in this data
@@ -277,7 +274,7 @@ def test_geometric_verification_rejects_a_lookalike_with_other_geometry():
     assert np.allclose(relative.rotation @ relative.rotation.T, np.eye(3), atol=1e-6)
     assert np.linalg.norm(relative.translation) == pytest.approx(1.0)
 
-    false_loop = detector.update(stream.keyframe(old[48], image=load_image(64)))
+    false_loop = detector.update(stream.keyframe(old[48], image=load_image(data_dir, 64)))
     assert false_loop is None
     assert detector.last_record.best_id == 1
     assert detector.last_record.rejected_by == "geometry"
@@ -390,13 +387,13 @@ def test_low_contrast_keyframes_neither_query_nor_get_found():
         LoopConfig(min_contrast=-0.1)
 
 
-def test_image_contrast_separates_tunnel_frames_from_textured_ones():
+def test_image_contrast_separates_tunnel_frames_from_textured_ones(data_dir):
     from vpr_core.data.images import read_rgb
     from vpr_core.loop import image_contrast
 
-    nordland = DATA.parent / "nordland_tiny" / "winter"
+    nordland = data_dir / "nordland_tiny" / "winter"
     tunnel = image_contrast(read_rgb(nordland / "images-25020.png"))   # a black tunnel frame (dev section)
-    textured = [image_contrast(read_rgb(DATA / "images" / f"{i:04d}.jpg")) for i in (0, 40, 83)]
+    textured = [image_contrast(read_rgb(data_dir / "rtabmap_loop" / "images" / f"{i:04d}.jpg")) for i in (0, 40, 83)]
     assert tunnel < 0.03 < min(textured)
     assert image_contrast(np.full((8, 8, 3), 77, np.uint8)) == 0.0
     with pytest.raises(ValueError, match="RGB uint8"):

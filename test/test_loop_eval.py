@@ -8,18 +8,12 @@ import numpy as np
 import pytest
 
 from vpr_core.data import DataError
-from vpr_core.eval.loops import (
-    SearchReplay,
-    judge,
-    open_loop_sequence,
-    pr_curve,
-    read_loop_pairs,
-    summarize,
-    sweep_thresholds,
-)
+from vpr_core.eval.loop_metrics import judge, summarize, sweep_thresholds
+from vpr_core.eval.loop_sequence import open_loop_sequence, read_loop_pairs
+from vpr_core.eval.loops import pr_curve
+from vpr_core.eval.search_replay import SearchReplay
 from vpr_core.loop import LoopConfig
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 DIMS = 128
 
 
@@ -112,8 +106,8 @@ def test_thresholds_cover_every_score_and_keep_the_default():
     assert len(many) <= 22 and 0.333 in many and many.min() == 0.0
 
 
-def test_rtabmap_loop_pairs_are_read_as_ground_truth():
-    sequence = open_loop_sequence(str(DATA / "rtabmap_loop"))
+def test_rtabmap_loop_pairs_are_read_as_ground_truth(data_dir):
+    sequence = open_loop_sequence(str(data_dir / "rtabmap_loop"))
     assert len(sequence) == 84
     assert sequence.loop_frames == 44  # frames 40..83 revisit the start
     assert sum(t.size for t in sequence.truth) == 228
@@ -121,8 +115,8 @@ def test_rtabmap_loop_pairs_are_read_as_ground_truth():
     assert list(sequence.truth[40]) == [0, 1, 2]
 
 
-def test_a_benchmark_is_read_as_database_then_queries():
-    sequence = open_loop_sequence(f"seasons:{DATA / 'nordland_tiny'}?split=test")
+def test_a_benchmark_is_read_as_database_then_queries(data_dir):
+    sequence = open_loop_sequence(f"seasons:{data_dir / 'nordland_tiny'}?split=test")
     places = 715  # images-28620 .. images-35760, every 10th frame
     assert [len(p) for p in sequence.parts] == [places, places]
     assert len(sequence) == 2 * places and sequence.loop_frames == places
@@ -148,7 +142,7 @@ def test_bad_loop_pairs_are_refused_with_the_line(tmp_path, text, message):
         read_loop_pairs(tmp_path / "nope.csv", 10)
 
 
-def test_eval_loops_command_writes_curve_and_summary(tmp_path, capsys):
+def test_eval_loops_command_writes_curve_and_summary(data_dir, tmp_path, capsys):
     """End to end with the real lite0 encoder on 20 places of the Nordland development section."""
     import csv
     import json
@@ -156,7 +150,7 @@ def test_eval_loops_command_writes_curve_and_summary(tmp_path, capsys):
     from vpr_core.cli import main
 
     out = tmp_path / "loops"
-    spec = f"seasons:{DATA / 'nordland_tiny'}?first=images-01000&last=images-01190"
+    spec = f"seasons:{data_dir / 'nordland_tiny'}?first=images-01000&last=images-01190"
     code = main(["eval-loops", "--sequence", spec, "--backend", "torch", "--exclude-recent-frames", "5",
                  "--steps", "12", "--out", str(out)])
     assert code == 0

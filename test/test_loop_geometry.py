@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from vpr_core.loop.geometry import GeometryConfig, extract_features, verify_features, verify_pair
-from vpr_core.loop.relative_pose import UP_TO_SCALE, CameraModel
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "rtabmap_loop"
+from vpr_core.loop.camera_model import CameraModel
+from vpr_core.loop.relative_pose import UP_TO_SCALE
 
 # A revisit (frame 66 sees the corridor of frame 26 again) and two pairs that are not revisits:
 # 64/48 look different, 79/26 are two corridor views (frame 79 revisits frames 37-41).
@@ -23,45 +22,40 @@ FALSE_PAIRS = [(64, 48), (79, 26)]
 INTRINSICS = (440.0, 440.0, 256.0, 192.0)
 
 
-def load(frame: int) -> np.ndarray:
-    path = DATA / "images" / f"{frame:04d}.jpg"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: the rtabmap_loop data set belongs in ../shared/data (see its README)"
-        )
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-
-
-def truth() -> set[tuple[int, int]]:
-    with open(DATA / "loop_pairs.csv", newline="") as f:
-        return {(int(r["query_frame"]), int(r["match_frame"])) for r in csv.DictReader(f)}
-
-
-def test_chosen_pairs_agree_with_ground_truth():
-    pairs = truth()
-    assert TRUE_PAIR in pairs
-    for pair in FALSE_PAIRS:
-        assert pair not in pairs
+@pytest.fixture(scope="module")
+def frames(data_dir: Path) -> dict[int, np.ndarray]:
+    """The RGB frames of the pairs above, read once. The pairs must agree with the set's ground truth
+    (loop_pairs.csv): a precondition of the tests below, not a test of its own."""
+    sequence = data_dir / "rtabmap_loop"
+    with open(sequence / "loop_pairs.csv", newline="") as f:
+        truth = {(int(r["query_frame"]), int(r["match_frame"])) for r in csv.DictReader(f)}
+    assert TRUE_PAIR in truth and not truth & set(FALSE_PAIRS), "the chosen pairs disagree with loop_pairs.csv"
+    out = {}
+    for frame in {*TRUE_PAIR, *(i for pair in FALSE_PAIRS for i in pair)}:
+        bgr = cv2.imread(str(sequence / "images" / f"{frame:04d}.jpg"))
+        assert bgr is not None, f"frame {frame} of {sequence} is missing (see the data set's README)"
+        out[frame] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return out
 
 
 @pytest.mark.parametrize("method", ["orb", "sift"])
-def test_true_revisit_passes_and_other_places_fail(method):
+def test_true_revisit_passes_and_other_places_fail(frames, method):
     config = GeometryConfig(method=method)
-    good = verify_pair(load(TRUE_PAIR[0]), load(TRUE_PAIR[1]), config)
+    good = verify_pair(frames[TRUE_PAIR[0]], frames[TRUE_PAIR[1]], config)
     assert good.verified
     assert good.inliers >= config.min_inliers
     assert good.inliers <= good.matches <= min(good.keypoints)
     assert good.relative is None  # no camera, no pose
     for query, match in FALSE_PAIRS:
-        bad = verify_pair(load(query), load(match), config)
+        bad = verify_pair(frames[query], frames[match], config)
         assert not bad.verified, (query, match, bad.inliers)
         assert bad.inliers < config.min_inliers
         assert bad.inliers < good.inliers / 3
 
 
-def test_essential_matrix_gives_a_consistent_relative_pose():
+def test_essential_matrix_gives_a_consistent_relative_pose(frames):
     config = GeometryConfig(method="orb", intrinsics=INTRINSICS)
-    query, match = (extract_features(load(i), config) for i in TRUE_PAIR)
+    query, match = (extract_features(frames[i], config) for i in TRUE_PAIR)
     forward = verify_features(query, match, config)
     backward = verify_features(match, query, config)
     assert forward.verified and backward.verified
@@ -80,10 +74,10 @@ def test_essential_matrix_gives_a_consistent_relative_pose():
     assert float(np.dot(t_ba, -backward.relative.rotation @ t_ab)) > 0.9
 
 
-def test_a_camera_on_the_features_replaces_the_intrinsics_and_depth_is_sampled():
+def test_a_camera_on_the_features_replaces_the_intrinsics_and_depth_is_sampled(frames):
     config = GeometryConfig(method="orb")
     camera = CameraModel(*INTRINSICS)
-    image = load(TRUE_PAIR[0])
+    image = frames[TRUE_PAIR[0]]
     depth_mm = np.full(image.shape[:2], 2500, np.uint16)
     depth_mm[:, :100] = 0  # unknown
     features = extract_features(image, config, camera=camera, depth_image=depth_mm)
@@ -91,7 +85,7 @@ def test_a_camera_on_the_features_replaces_the_intrinsics_and_depth_is_sampled()
     assert np.isnan(features.depth[left]).all() and np.allclose(features.depth[~left], 2.5)
     metres = extract_features(image, config, depth_image=depth_mm.astype(np.float32) / 1000)
     assert np.array_equal(np.isnan(metres.depth), np.isnan(features.depth))
-    match = extract_features(load(TRUE_PAIR[1]), config, camera=camera)
+    match = extract_features(frames[TRUE_PAIR[1]], config, camera=camera)
     result = verify_features(features, match, config)
     assert result.verified and result.relative is not None
     with pytest.raises(ValueError, match="size"):
@@ -100,8 +94,8 @@ def test_a_camera_on_the_features_replaces_the_intrinsics_and_depth_is_sampled()
         extract_features(image, config, depth_image=depth_mm.astype(np.int32))
 
 
-def test_features_of_another_method_are_refused():
-    image = load(TRUE_PAIR[0])
+def test_features_of_another_method_are_refused(frames):
+    image = frames[TRUE_PAIR[0]]
     orb = extract_features(image, GeometryConfig(method="orb"))
     with pytest.raises(ValueError, match="sift"):
         verify_features(orb, orb, GeometryConfig(method="sift"))
@@ -118,8 +112,8 @@ def test_bad_input_is_refused_with_a_reason():
         extract_features(np.zeros((64, 64, 4), np.uint8), GeometryConfig())
 
 
-def test_blank_images_have_no_geometry():
+def test_blank_images_have_no_geometry(frames):
     blank = np.full((120, 160, 3), 128, np.uint8)
-    result = verify_pair(blank, load(TRUE_PAIR[0]), GeometryConfig())
+    result = verify_pair(blank, frames[TRUE_PAIR[0]], GeometryConfig())
     assert result.keypoints[0] == 0
     assert not result.verified and result.inliers == 0

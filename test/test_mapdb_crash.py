@@ -1,152 +1,180 @@
-"""Crash safety: a writer process is SIGKILLed at random moments, and the map always loads whole.
+"""Crash safety: a writer process is SIGKILLed at every point of its writes, and the map always loads whole.
 
-The writer appends batches of places whose content is a function of their id (so any torn or mixed
-state is detectable) and now and then stores an index or builds a second map from scratch. After each
-kill the map must load with full verification, hold a whole number of batches, never shrink, and
-hold exactly the expected content; the second map, once built, must stay present and complete (its
-replacement is swapped in atomically).
+peer_map_writer.py numbers the points of a write (each fsync, rename and SQLite BEGIN/COMMIT) and stops
+at a chosen one. For each write of PLAN the test kills the writer at point 1, 2, ... in turn, each
+time on what the last kill left, until the write gets through: a fixed sequence of kills, no timing.
+After every kill the map must load with full verification and hold exactly the places of the writes
+that committed (a write commits when its manifest.json replaces the old one), each with the content
+of its id; the second map must be the old or the new one, whole. The kills must together leave every
+kind of uncommitted work (rows and records past the count, a SQLite journal, temporaries, an
+unreferenced index), and each completed write must leave none.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from vpr_core.mapdb import MapDB, PlaceRecord
+from conftest import REPO
+from peer_map_writer import BATCH, BITS, DIM, TMP_MARK, content, index_blob
+from vpr_core.mapdb import MapDB
 
-REPO = Path(__file__).resolve().parents[1]
-BATCH, BITS, DIM = 7, 64, 16
-KILLS = 40
+# (operation, argument): appends on an empty map and on one with an index and leftovers, a first
+# index and its replacement, a first build of the second map and its replacement.
+PLAN = (("append", "-"), ("index", "1"), ("append", "-"), ("index", "2"),
+        ("rebuild", str(2 * BATCH)), ("rebuild", str(3 * BATCH)))
+COMMIT = "replace map/manifest.json.tmp map/manifest.json"
+LEFTOVER_KINDS = {"rows past the count", "records past the count", "journal", "temporary", "unreferenced index"}
 
-WRITER = r"""
-import sys
-import numpy as np
-from pathlib import Path
-from vpr_core.mapdb import MapDB, PlaceRecord
 
-BATCH, BITS, DIM = {batch}, {bits}, {dim}
+class Writer:
+    """The writer peer; `run` returns how the write ended ("killed" | "done") and the points it passed."""
 
-def content(ids):
-    codes = np.stack([np.full(BITS // 8, i % 251, np.uint8) for i in ids])
-    desc = np.zeros((len(ids), DIM), np.float32)
-    desc[np.arange(len(ids)), np.asarray(ids) % DIM] = 0.6
-    desc[np.arange(len(ids)), (np.asarray(ids) * 7 + 3) % DIM] += 0.8
-    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
-    return codes, desc, [PlaceRecord(stamp_ns=i, source=f"p{{i}}") for i in ids]
+    def __init__(self, root: Path) -> None:
+        self.process = subprocess.Popen([sys.executable, "test/peer_map_writer.py", str(root)], cwd=REPO,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.process.stdout.readline().strip() == "ready"
 
-root = Path(sys.argv[1])
-m = MapDB.load(root / "map")
-print("ready", flush=True)
-step = 0
-while True:
-    step += 1
-    if step % 5 == 0:
-        m.store_index(np.full(1000 + step, step % 256, np.uint8), kind="ivf", params={{"step": step}}, ntotal=max(1, m.size))
-    elif step % 7 == 0:
-        n = BATCH * (step % 4 + 1)
-        MapDB.build(root / "other", *content(range(n)), fingerprint="f", encoder_config={{}}, overwrite=True).close()
+    def run(self, op: str, arg: str, stop_at: int) -> tuple[str, list[str]]:
+        self.process.stdin.write(f"{op} {arg} {stop_at}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if line.startswith("AT "):
+            _, pid, points = line.split(" ", 2)
+            os.kill(int(pid), signal.SIGKILL)
+            outcome, exit_line = "killed", "EXIT killed"
+        else:
+            assert line.startswith("DONE "), f"{op} {arg} stopping at {stop_at}: {line!r}"
+            points, outcome, exit_line = line[len("DONE "):], "done", "EXIT ok"
+        assert self.process.stdout.readline().strip() == exit_line
+        return outcome, json.loads(points)
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+        self.process.stdout.close()
+
+
+def _header_rows(path: Path) -> tuple[int, int]:
+    """(rows in the .npy header, bytes before the first row)."""
+    with open(path, "rb") as f:
+        assert np.lib.format.read_magic(f) == (1, 0)
+        shape, _, _ = np.lib.format.read_array_header_1_0(f)
+        return shape[0], f.tell()
+
+
+def leftovers(root: Path) -> set[str]:
+    """The kinds of uncommitted work on disk, read without opening the map (which would clean some)."""
+    path = root / "map"
+    manifest = json.loads((path / "manifest.json").read_text())
+    count, kinds = manifest["count"], set()
+    if any(TMP_MARK in p.name for folder in (root, path) for p in folder.iterdir()):
+        kinds.add("temporary")
+    named = manifest["index"]["file"] if manifest["index"] else None
+    if any(p.name != named for p in path.glob("index.*.faiss")):
+        kinds.add("unreferenced index")
+    for name, row_bytes in (("codes.npy", BITS // 8), ("desc.npy", DIM * 2)):
+        rows, offset = _header_rows(path / name)
+        if rows != count or (path / name).stat().st_size != offset + count * row_bytes:
+            kinds.add("rows past the count")
+    if (path / "places.sqlite-journal").exists():
+        kinds.add("journal")  # a read-only reader cannot roll it back: the rows are not counted then
     else:
-        m.append(*content(range(m.size, m.size + BATCH)))
-"""
+        con = sqlite3.connect(f"file:{path / 'places.sqlite'}?mode=ro", uri=True)
+        try:
+            if con.execute("SELECT COUNT(*) FROM places WHERE id >= ?", (count,)).fetchone()[0]:
+                kinds.add("records past the count")
+        finally:
+            con.close()
+    return kinds
 
 
-def expected(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    codes = np.stack([np.full(BITS // 8, i % 251, np.uint8) for i in ids])
-    desc = np.zeros((len(ids), DIM), np.float32)
-    desc[np.arange(len(ids)), ids % DIM] = 0.6
-    desc[np.arange(len(ids)), (ids * 7 + 3) % DIM] += 0.8
-    desc /= np.linalg.norm(desc, axis=1, keepdims=True)
-    return codes, desc.astype(np.float16)
-
-
-def torn(path: Path) -> bool:
-    """Whether the kill left uncommitted work on disk (evidence that it hit the write window)."""
-    count = json.loads((path / "manifest.json").read_text())["count"]
-    if any(".tmp-" in p.name for p in path.iterdir()) or len(list(path.glob("index.*.faiss"))) > 1:
-        return True
-    for name, width in (("codes.npy", BITS // 8), ("desc.npy", DIM * 2)):
-        header = np.load(path / name, mmap_mode="r")
-        if header.shape[0] != count or (path / name).stat().st_size != header.offset + count * width:
-            return True
-    con = sqlite3.connect(f"file:{path / 'places.sqlite'}?mode=ro", uri=True)
+def check_map(root: Path, size: int, index_step: int | None) -> None:
+    m = MapDB.load(root / "map")  # full verification: checksums of the arrays and the index
     try:
-        extra = con.execute("SELECT COUNT(*) FROM places WHERE id >= ?", (count,)).fetchone()[0]
-    finally:
-        con.close()
-    return extra > 0 or (path / "places.sqlite-journal").exists()
-
-
-def test_sigkill_at_random_points_always_leaves_a_loadable_map(tmp_path):
-    MapDB.create(tmp_path / "map", fingerprint="f", encoder_config={}, bits=BITS, dim=DIM).close()
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER.format(batch=BATCH, bits=BITS, dim=DIM))
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    rng = random.Random(1234)
-    sizes, torn_kills, built_other = [0], 0, False
-    deadline = time.monotonic() + 35
-    kills = 0
-    while kills < KILLS and time.monotonic() < deadline:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE, text=True
-        )
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.08))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-        kills += 1
-        torn_kills += torn(tmp_path / "map")
-
-        m = MapDB.load(tmp_path / "map")  # full verification: checksums of arrays and index
-        assert m.size % BATCH == 0 and m.size >= sizes[-1]
-        sizes.append(m.size)
-        ids = np.arange(m.size)
-        codes, desc = expected(ids)
+        assert m.size == size
+        codes, desc, records = content(np.arange(size))
         np.testing.assert_array_equal(m.codes, codes)
-        np.testing.assert_array_equal(m.desc, desc)
-        assert [r.source for r in m.records(ids)] == [f"p{i}" for i in ids]
-        if m.index_info is not None:
-            step = m.index_info["params"]["step"]
-            np.testing.assert_array_equal(m.read_index(), np.full(1000 + step, step % 256, np.uint8))
+        np.testing.assert_array_equal(m.desc, desc.astype(np.float16))
+        assert [r.source for r in m.records(np.arange(size))] == [r.source for r in records]
+        if index_step is None:
+            assert m.index_info is None
+        else:
+            assert m.index_info["params"] == {"step": index_step}
+            np.testing.assert_array_equal(m.read_index(), index_blob(index_step))
+    finally:
         m.close()
 
-        other = tmp_path / "other"
-        built_other = built_other or other.exists()
-        if built_other:
-            o = MapDB.load(other)
-            assert o.size in (7, 14, 21, 28)
-            np.testing.assert_array_equal(o.codes, expected(np.arange(o.size))[0])
-            o.close()
-    assert kills >= 30, f"only {kills} kills fitted in the time budget"
-    assert sizes[-1] > 0, "the writer never committed an append"
-    assert torn_kills > 0, "no kill landed inside a write: the test did not exercise the crash window"
-    # A later append cleans up whatever the last kill left behind and still works.
-    m = MapDB.load(tmp_path / "map")
-    new_codes, new_desc = expected(np.arange(m.size, m.size + BATCH))
-    m.append(
-        new_codes,
-        new_desc.astype(np.float32),
-        [PlaceRecord(source=f"p{i}") for i in range(m.size, m.size + BATCH)],
-    )
-    assert MapDB.load(tmp_path / "map").size == sizes[-1] + BATCH
-    assert not torn(tmp_path / "map")
-    # Temporaries of killed builds are removed by the next build.
-    MapDB.build(
-        tmp_path / "other",
-        new_codes,
-        new_desc.astype(np.float32),
-        [PlaceRecord()] * BATCH,
-        fingerprint="f",
-        encoder_config={},
-        overwrite=True,
-    )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["map", "other", "writer.py"]
+
+def other_size(root: Path) -> int | None:
+    """The second map's size once it loads whole with the content of its ids; None while absent."""
+    if not (root / "other").exists():
+        return None
+    o = MapDB.load(root / "other")
+    try:
+        np.testing.assert_array_equal(o.codes, content(np.arange(o.size))[0])
+        return o.size
+    finally:
+        o.close()
+
+
+@pytest.fixture
+def writer(tmp_path):
+    MapDB.create(tmp_path / "map", fingerprint="f", encoder_config={}, bits=BITS, dim=DIM).close()
+    w = Writer(tmp_path)
+    try:
+        yield w
+    finally:
+        if w.process.poll() is None:
+            w.process.kill()
+        w.process.wait(timeout=30)
+
+
+def test_a_kill_at_every_point_of_every_write_leaves_a_map_that_loads_whole(tmp_path, writer):
+    size, index_step, other, seen = 0, None, None, set()
+    for op, arg in PLAN:
+        killed_at: set[tuple[str, int]] = set()
+        replaced = False
+        stop_at = 1
+        while True:
+            outcome, points = writer.run(op, arg, stop_at)
+            passed = points[:-1] if outcome == "killed" else points
+            if outcome == "killed":
+                found = leftovers(tmp_path)
+                seen |= found
+                last = points[-1]
+                killed_at.add((last, points.count(last)))
+            else:
+                assert leftovers(tmp_path) == set(), f"{op} {arg} completed but left work behind"
+            if COMMIT in passed and op == "append":
+                size += BATCH
+            if COMMIT in passed and op == "index":
+                index_step = int(arg)
+            check_map(tmp_path, size, index_step)
+            now = other_size(tmp_path)
+            if op == "rebuild":
+                assert now in (other, int(arg)) and not (replaced and now != int(arg)), f"{other} -> {now}"
+                replaced = now == int(arg)
+            else:
+                assert now == other
+            if outcome == "done":
+                break
+            stop_at += 1
+        # Every point of the completed write was a kill point, whatever the earlier kills left.
+        labels = {(p, points[: i + 1].count(p)) for i, p in enumerate(points)}
+        assert labels <= killed_at, f"{op} {arg}: never killed at {sorted(labels - killed_at)}"
+        if op == "append":
+            assert COMMIT in points
+        other = int(arg) if op == "rebuild" else other
+        assert other_size(tmp_path) == other
+    writer.close()
+    assert seen == LEFTOVER_KINDS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map", "other"]

@@ -12,7 +12,6 @@ from itertools import islice
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import REPO
 from vpr_core.data import open_dataset
@@ -44,9 +43,8 @@ def _last_line(process: subprocess.Popen, prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def places(data_dir, tmp_path_factory):
+def places(data_dir, tmp_path_factory, module_torch_threads):
     """Codes and descriptors of real Corridor images, for the peers to write."""
-    torch.set_num_threads(1)
     encoder = create_encoder(EncoderConfig(preset="lite0", backend="torch", threads=1))
     frames = list(islice(open_dataset(f"vpr_bench:{data_dir / 'corridor'}").database, PLACES))
     codes, desc = encoder.encode([f.rgb for f in frames])

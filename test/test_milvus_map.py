@@ -8,7 +8,6 @@ from itertools import islice
 
 import numpy as np
 import pytest
-import torch
 
 from frame_sources import FirstFrames
 from vpr_core.build_map import BuildConfig, build_map
@@ -26,9 +25,8 @@ RESUME_FRAMES = 24
 
 
 @pytest.fixture(scope="module")
-def corridor(data_dir, tmp_path_factory):
+def corridor(data_dir, tmp_path_factory, module_torch_threads):
     """The Corridor reference images as a directory map and, pushed from it, a Milvus Lite collection."""
-    torch.set_num_threads(1)
     dataset = open_dataset(f"vpr_bench:{data_dir / 'corridor'}")
     encoder = create_encoder(EncoderConfig(preset="lite0", backend="torch", threads=1))
     root = tmp_path_factory.mktemp("milvus")

@@ -16,13 +16,7 @@ from vpr_core.model.released import import_released, map_sage_state_dict, map_se
 SIZE = 112
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On the shared 2-core machine OpenMP's two-thread barriers cost more than they save; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_torch_threads")  # model building too, not only the tests
 
 
 def _config(**changes):

@@ -12,14 +12,7 @@ from vpr_core.model.backbones import VIT_BACKBONES
 from vpr_core.model.dinov2 import DinoVisionTransformer, ViTArch, convert_hf_state_dict, resample_pos_embed
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On the shared 2-core machine OpenMP's two-thread barriers cost more than they save (training-mode
-    batch norm ran 40x slower with 2 threads than with 1); restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_torch_threads")  # model building too, not only the tests
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:

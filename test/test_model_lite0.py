@@ -17,13 +17,7 @@ from vpr_core.model.preprocess import preprocess
 QUERY_STEP = 3   # every third Corridor query (37) against all 111 references keeps the test short
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """On the shared 2-core machine OpenMP's two-thread barriers cost more than they save; restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("module_torch_threads")  # model building too, not only the tests
 
 
 @pytest.fixture(scope="module")

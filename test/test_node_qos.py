@@ -55,6 +55,9 @@ def test_qos_auto_receives_every_reliable_frame_and_still_meets_a_best_effort_ca
     assert all(f"SENT {FRAMES}" in out for out in outputs), f"{outputs}\n{log}"
     assert int(values["/reliable/image_raw received"]) == FRAMES, values
     assert int(values["/reliable/image_raw lost upstream"]) == 0
+    # Best effort may lose any frame by design. What must hold: the camera that appeared late was met
+    # (frames came), none came twice, and the loss estimate never claims more frames than were sent.
     received = int(values["/best_effort/image_raw received"])
-    assert received >= FRAMES // 2, values
+    lost = int(values["/best_effort/image_raw lost upstream"])
+    assert 0 < received <= FRAMES and received + lost <= FRAMES, values
     assert "/best_effort/image_raw: its publisher offers best effort only; subscribed best effort" in log

@@ -1,8 +1,9 @@
-"""The package builds with colcon (from PyPI) the way a ROS workspace builds it, and installs what
-`ros2 run` and `ros2 launch` need."""
+"""The package as colcon builds it in a ROS workspace: the install tree that `make setup` builds
+(`scripts/build_workspace.sh`: `colcon build --symlink-install` of this repository in `.venv/.vpr_ws`, the
+workspace every node test runs from) holds what `ros2 run` and `ros2 launch` need, and imports from
+there. Built once by the setup, not again here: the message generation is half a minute of CPU."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,30 +12,11 @@ import pytest
 
 from conftest import REPO
 
-PACKAGE_ENTRIES = ("package.xml", "CMakeLists.txt", "setup.py", "msg", "vpr_ros", "vpr_core", "launch",
-                   "config", "scripts", "checkpoints")
-
 
 @pytest.fixture(scope="module")
-def install_tree(tmp_path_factory) -> Path:
-    ws = tmp_path_factory.mktemp("ws")
-    src = ws / "src" / "vpr_ros"
-    for entry in PACKAGE_ENTRIES:
-        source = REPO / entry
-        if source.is_dir():
-            shutil.copytree(source, src / entry, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            src.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, src / entry)
-    venv = Path(sys.prefix)
-    env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
-               AMENT_PREFIX_PATH=str(venv), CMAKE_PREFIX_PATH=str(venv))
-    result = subprocess.run(
-        [str(venv / "bin" / "colcon"), "build", "--event-handlers", "console_direct-",
-         "--cmake-args", "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}",
-         f"-DCMAKE_PROJECT_INCLUDE={REPO / 'scripts' / 'pip_ros_wheels_fix.cmake'}"],
-        cwd=ws, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"colcon build failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+def install_tree() -> Path:
+    ws = Path(sys.prefix) / ".vpr_ws"
+    assert (ws / "src" / "vpr_ros").resolve() == REPO, f"{ws} is not a workspace of this repository: run make setup"
     return ws / "install"
 
 

@@ -4,7 +4,7 @@ whose camera poses are known exactly (``synthetic_scene``) and on exact syntheti
 from __future__ import annotations
 
 import dataclasses
-from functools import lru_cache
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,16 +13,16 @@ from synthetic_scene import load_textures, render, rotation, true_relative
 
 from vpr_core.loop import Keyframe, LoopConfig, LoopDetector
 from vpr_core.loop.geometry import GeometryConfig, extract_features, verify_features
+from vpr_core.loop.camera_model import CameraModel
+from vpr_core.loop.pose_estimation import estimate_relative_pose
 from vpr_core.loop.relative_pose import (
     METRIC,
     NONE,
     ROTATION_ONLY,
     UNOBSERVED_VARIANCE,
     UP_TO_SCALE,
-    CameraModel,
     RelativePose,
     RelativePoseConfig,
-    estimate_relative_pose,
 )
 
 CAMERA = CameraModel(500.0, 500.0, 320.0, 240.0)
@@ -37,20 +37,35 @@ TURNED_POSE = (rotation(15.0, 4.0), MATCH_POSE[1])  # same centre: a pure rotati
 BACKWARDS_POSE = (rotation(180.0), MATCH_POSE[1])  # sees the opposite wall only
 
 
-@lru_cache(maxsize=None)
-def view(name: str, method: str, with_depth: bool = False):
-    """Features of one rendered view (cached: rendering and SIFT take a few tenths of a second)."""
-    camera, size = (OTHER_CAMERA, OTHER_SIZE) if name == "other" else (CAMERA, SIZE)
-    pose = {"match": MATCH_POSE, "other": MATCH_POSE, "moved": MOVED_POSE, "turned": TURNED_POSE,
-            "backwards": BACKWARDS_POSE}[name]
-    rendered = render(textures(), camera, size, *pose)
-    depth = rendered.depth if with_depth else None
-    return extract_features(rendered.image, GeometryConfig(method=method), camera=camera, depth_image=depth)
+class Room:
+    """The rendered room, textured with frames of the data sets, and the features of its views, each
+    computed once: rendering and SIFT take a few tenths of a second."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.textures = load_textures(data_dir)
+        self._views: dict[tuple[str, str, bool], object] = {}
+
+    def view(self, name: str, method: str, with_depth: bool = False):
+        key = (name, method, with_depth)
+        if key not in self._views:
+            camera, size = (OTHER_CAMERA, OTHER_SIZE) if name == "other" else (CAMERA, SIZE)
+            pose = {"match": MATCH_POSE, "other": MATCH_POSE, "moved": MOVED_POSE, "turned": TURNED_POSE,
+                    "backwards": BACKWARDS_POSE}[name]
+            rendered = render(self.textures, camera, size, *pose)
+            depth = rendered.depth if with_depth else None
+            self._views[key] = extract_features(rendered.image, GeometryConfig(method=method), camera=camera,
+                                                depth_image=depth)
+        return self._views[key]
+
+    def verify(self, query: str, match: str, method: str, *, query_depth: bool = False,
+               match_depth: bool = False):
+        return verify_features(self.view(query, method, query_depth), self.view(match, method, match_depth),
+                               GeometryConfig(method=method))
 
 
-@lru_cache(maxsize=None)
-def textures() -> list[np.ndarray]:
-    return load_textures()
+@pytest.fixture(scope="module")
+def room(data_dir: Path) -> Room:
+    return Room(data_dir)
 
 
 def rotation_error_deg(estimate: np.ndarray, truth: np.ndarray) -> float:
@@ -68,15 +83,10 @@ def assert_valid_covariance(covariance: np.ndarray) -> None:
     assert np.linalg.eigvalsh(covariance).min() > -1e-9 * np.abs(covariance).max()
 
 
-def verify(query: str, match: str, method: str, *, query_depth: bool = False, match_depth: bool = False):
-    config = GeometryConfig(method=method)
-    return verify_features(view(query, method, query_depth), view(match, method, match_depth), config)
-
-
 @pytest.mark.parametrize("method", ["orb", "sift"])
-def test_monocular_views_give_rotation_and_translation_direction(method):
+def test_monocular_views_give_rotation_and_translation_direction(room, method):
     rotation_true, translation_true = true_relative(*MOVED_POSE, *MATCH_POSE)
-    result = verify("moved", "match", method)
+    result = room.verify("moved", "match", method)
     assert result.verified
     pose = result.relative
     assert pose.kind == UP_TO_SCALE and pose.inliers == result.inliers
@@ -93,9 +103,9 @@ def test_monocular_views_give_rotation_and_translation_direction(method):
 
 
 @pytest.mark.parametrize("side", ["match", "query"])
-def test_depth_of_either_keyframe_gives_a_metric_pose(side):
+def test_depth_of_either_keyframe_gives_a_metric_pose(room, side):
     rotation_true, translation_true = true_relative(*MOVED_POSE, *MATCH_POSE)
-    result = verify("moved", "match", "sift", query_depth=side == "query", match_depth=side == "match")
+    result = room.verify("moved", "match", "sift", query_depth=side == "query", match_depth=side == "match")
     pose = result.relative
     assert result.verified and pose.kind == METRIC
     assert rotation_error_deg(pose.rotation, rotation_true) < 1.0
@@ -104,9 +114,9 @@ def test_depth_of_either_keyframe_gives_a_metric_pose(side):
     assert np.all(np.diag(pose.covariance)[:3] < 0.05**2)
 
 
-def test_a_camera_turning_on_the_spot_gives_a_rotation_only():
+def test_a_camera_turning_on_the_spot_gives_a_rotation_only(room):
     rotation_true, _ = true_relative(*TURNED_POSE, *MATCH_POSE)
-    result = verify("turned", "match", "sift")
+    result = room.verify("turned", "match", "sift")
     pose = result.relative
     assert result.verified and pose.kind == ROTATION_ONLY
     assert rotation_error_deg(pose.rotation, rotation_true) < 0.5
@@ -116,19 +126,19 @@ def test_a_camera_turning_on_the_spot_gives_a_rotation_only():
     assert np.all(np.diag(pose.covariance)[3:] < np.radians(0.5) ** 2)
 
 
-def test_two_different_cameras_each_use_their_own_model():
+def test_two_different_cameras_each_use_their_own_model(room):
     rotation_true, translation_true = true_relative(*MOVED_POSE, *MATCH_POSE)
-    monocular = verify("moved", "other", "sift").relative
+    monocular = room.verify("moved", "other", "sift").relative
     assert monocular.kind == UP_TO_SCALE
     assert rotation_error_deg(monocular.rotation, rotation_true) < 1.0
     assert direction_error_deg(monocular.translation, translation_true) < 3.0
-    metric = verify("moved", "other", "sift", match_depth=True).relative
+    metric = room.verify("moved", "other", "sift", match_depth=True).relative
     assert metric.kind == METRIC
     assert np.linalg.norm(metric.translation - translation_true) < 0.05 * np.linalg.norm(translation_true)
 
 
-def test_unrelated_views_have_no_pose():
-    result = verify("backwards", "match", "sift")
+def test_unrelated_views_have_no_pose(room):
+    result = room.verify("backwards", "match", "sift")
     assert not result.verified and result.relative is None
     rng = np.random.default_rng(0)
     noise = rng.uniform(0, 640, (200, 2)), rng.uniform(0, 640, (200, 2))
@@ -138,7 +148,7 @@ def test_unrelated_views_have_no_pose():
     assert np.array_equal(none.covariance, np.eye(6) * UNOBSERVED_VARIANCE)
 
 
-def test_the_detector_carries_the_metric_pose_of_a_keyframe_with_depth():
+def test_the_detector_carries_the_metric_pose_of_a_keyframe_with_depth(room):
     """The matched keyframe brings a depth image; the query is a plain monocular keyframe."""
     config = LoopConfig(
         exclude_recent_frames=0, exclude_recent_seconds=0.0, exclude_recent_distance_m=0.0,
@@ -146,8 +156,8 @@ def test_the_detector_carries_the_metric_pose_of_a_keyframe_with_depth():
     )
     detector = LoopDetector(config)
     desc = np.ones(8, np.float32)
-    old = render(textures(), CAMERA, SIZE, *MATCH_POSE)
-    new = render(textures(), CAMERA, SIZE, *MOVED_POSE)
+    old = render(room.textures, CAMERA, SIZE, *MATCH_POSE)
+    new = render(room.textures, CAMERA, SIZE, *MOVED_POSE)
     depth_mm = np.rint(old.depth * 1000).astype(np.uint16)
     assert detector.update(Keyframe(0, 0.0, desc, np.packbits(desc > 0), image=old.image,
                                     camera=CAMERA, depth=depth_mm)) is None

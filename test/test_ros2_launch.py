@@ -231,7 +231,10 @@ def _rtabmap_bag(data_dir: Path, root: Path) -> tuple[Path, list[int], set[tuple
         truth = {(int(r["query_frame"]), int(r["match_frame"])) for r in csv.DictReader(f)}
     bag = write_bag(root / "rtabmap", [
         ImageStream("/camera/image_raw", images, stamps, frame_id="camera_optical"),
-        CameraInfoStream("/camera/camera_info", INTRINSICS, (512, 384), stamps - 1_000_000, frame_id="camera_optical"),
+        # One message a second ahead too: a driver publishes its camera info from the start, and the node,
+        # which takes the latest one per camera, must not meet the first image before any.
+        CameraInfoStream("/camera/camera_info", INTRINSICS, (512, 384),
+                         np.concatenate([[stamps[0] - 1_000_000_000], stamps - 1_000_000]), frame_id="camera_optical"),
     ])
     return bag, stamps.tolist(), truth
 
@@ -296,8 +299,13 @@ def test_managed_node_follows_its_lifecycle_transitions(ros, ros_env, posed_corr
     frame = next(iter(posed_corridor["dataset"].queries)).rgb
 
     def state() -> str:
-        result = ros2(ros_env, "lifecycle", "get", "/vpr_localizer")
-        return result.stdout.split()[0] if result.stdout else result.stderr
+        """The node's state as `ros2 lifecycle get` reports it. Each call is a new process that discovers
+        the graph anew, and may not see the node yet though this process does: it asks again then."""
+        deadline = time.monotonic() + 30
+        while True:
+            result = ros2(ros_env, "lifecycle", "get", "/vpr_localizer")
+            if result.stdout or "Node not found" not in result.stderr or time.monotonic() > deadline:
+                return result.stdout.split()[0] if result.stdout else result.stderr
 
     def transition(name: str) -> None:
         result = ros2(ros_env, "lifecycle", "set", "/vpr_localizer", name)

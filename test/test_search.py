@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import thread_counts
 from vpr_core.mapdb import MapDB, PlaceRecord
-from vpr_core.search import SearchConfig, TwoStageSearcher, calibrate_hamming_margin, hamming_gaps, pack_codes
+from vpr_core.model import pack_codes
+from vpr_core.search import SearchConfig, TwoStageSearcher, calibrate_hamming_margin, hamming_gaps
 from vpr_core.search import binary_index, synthetic
 
 SMALL = synthetic.SyntheticConfig(dim=64, bits=256, route_length=20, routes_per_region=5)
@@ -294,13 +296,7 @@ def test_search_leaves_the_process_thread_settings_alone(small):
     threads without restoring them would silently change the encoder's."""
     codes, desc, qc, qd, _ = small
     s = TwoStageSearcher(codes, desc, SearchConfig(threads=1))
-    before = torch.get_num_threads(), faiss.omp_get_max_threads()
-    try:
-        torch.set_num_threads(3)
-        faiss.omp_set_num_threads(3)
+    with thread_counts(3):
         s.search(qc[:1], qd[:1], 3)
         s.search(qc, qd, 3)
         assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == (3, 3)
-    finally:
-        torch.set_num_threads(before[0])
-        faiss.omp_set_num_threads(before[1])

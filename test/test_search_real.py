@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from vpr_core.mapdb import MapDB, PlaceRecord
-from vpr_core.search import SearchConfig, TwoStageSearcher, pack_codes
+from vpr_core.model import pack_codes
+from vpr_core.search import SearchConfig, TwoStageSearcher
 
 N_MAP, QUERY_STEP, BITS = 400, 7, 512
 

@@ -20,8 +20,8 @@ from vpr_core.train.losses import MSLossConfig
 from vpr_core.train.places import PlaceSet
 from vpr_core.train.sampling import SageConfig, affinity_graph
 
-NORDLAND = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nordland_tiny"
-torch.set_num_threads(2)
+TORCH_THREADS = 2  # read by the thread fixtures of conftest.py
+pytestmark = pytest.mark.usefixtures("module_torch_threads")
 
 
 def test_ms_loss_matches_hand_computed_value():
@@ -186,16 +186,19 @@ def test_config_errors_name_the_problem(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_nordland(tmp_path_factory):
+def nordland(data_dir) -> Path:
+    return data_dir / "nordland_tiny"
+
+
+@pytest.fixture(scope="module")
+def tiny_nordland(nordland, tmp_path_factory):
     """12 real development-section places of Nordland-tiny (summer and winter) in a folder of their own."""
-    if not (NORDLAND / "summer").is_dir():
-        pytest.fail(f"{NORDLAND} is missing (see ../shared/data/README.md)")
     root = tmp_path_factory.mktemp("nordland") / "nordland_tiny"
     for season in ("summer", "winter"):
         (root / season).mkdir(parents=True)
         for index in range(1000, 1120, 10):
             name = f"images-{index:05d}.png"
-            shutil.copy(NORDLAND / season / name, root / season / name)
+            shutil.copy(nordland / season / name, root / season / name)
     return root
 
 
@@ -257,7 +260,7 @@ def test_train_step_lowers_the_loss_on_cached_features(tiny_config, tmp_path):
     assert losses[-1] < losses[0]
 
 
-def test_committed_checkpoint_encodes_like_its_cached_features(tmp_path):
+def test_committed_checkpoint_encodes_like_its_cached_features(nordland, tmp_path):
     """The trained heads the node and demo load: they load through the engine, and what training saw
     (float16 cached features through the heads) is what inference computes from the image."""
     from vpr_core.engine import EncoderConfig, create_encoder
@@ -266,11 +269,11 @@ def test_committed_checkpoint_encodes_like_its_cached_features(tmp_path):
 
     checkpoint = Path(__file__).resolve().parents[1] / "checkpoints" / "lite0-nordland"
     encoder = create_encoder(EncoderConfig(checkpoint=str(checkpoint), backend="torch", threads=2))
-    files = [NORDLAND / "winter" / "images-01000.png", NORDLAND / "summer" / "images-01000.png"]
+    files = [nordland / "winter" / "images-01000.png", nordland / "summer" / "images-01000.png"]
     codes, desc = encoder.encode([read_rgb(f) for f in files])
     assert codes.shape == (2, 64) and desc.shape == (2, 1280)
     model = encoder.model
-    cache = build_feature_cache(model, files, NORDLAND, tmp_path, "check")
+    cache = build_feature_cache(model, files, nordland, tmp_path, "check")
     with torch.no_grad():
         _, cached_desc = model.heads(cache.batch(np.arange(2)))
     cosine = np.sum(desc * cached_desc.numpy(), axis=1)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from vpr_core.build_map import add_encoder_arguments, encoder_config
+from vpr_core.cli_options import add_encoder_arguments, encoder_config
 from vpr_core.data import open_source
 from vpr_core.engine.model_source import load_model
 from vpr_core.mapdb import MapDB, MapError

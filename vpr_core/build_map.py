@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -22,23 +21,22 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_core import poses
+from vpr_core.cli import run_module
+from vpr_core.cli_options import add_encoder_arguments, add_keyframe_arguments, encoder_config, keyframe_config
 from vpr_core.data import DataError, Frame, FrameSource, open_source
 from vpr_core.data.images import ImageFiles
-from vpr_core.engine import Encoder, EncoderConfig, create_encoder
-from vpr_core.engine.config import PRECISION_CHOICES
+from vpr_core.engine import Encoder, create_encoder
+from vpr_core.fsio import atomic_write_json
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
 from vpr_core.mapdb import MapDB, PlaceRecord
-from vpr_core.mapdb.fsio import atomic_write_bytes
 from vpr_core.mapstore import PlaceMap, create_map, is_milvus_uri, last_place, open_searcher
+from vpr_core.options import COUNT, argument
 from vpr_core.search import SearchConfig
-from vpr_core.cli import run_module
-from vpr_core.options import COSINE, COUNT, NON_NEGATIVE, THREADS, argument
+from vpr_core.search.config import INDEX_CHOICES
 
 log = logging.getLogger(__name__)
 ON_ERROR = ("skip", "stop")
 SKIP_REPORT = "skipped.json"  # written into a map directory beside the map's own files
-# The trained lite0 heads of the source tree: the default model of the CLI, the node and the demo.
-SHIPPED_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "lite0-nordland"
 
 
 @dataclass
@@ -164,7 +162,7 @@ def _report_skipped(out: str | Path, source: FrameSource, skipped: list[SkippedI
         return
     if path is not None:
         report = {"source": source.name, "skipped": [dataclasses.asdict(s) for s in skipped]}
-        atomic_write_bytes(path, (json.dumps(report, indent=1) + "\n").encode())
+        atomic_write_json(path, report, indent=1)
     saved = f" (saved in {path})" if path is not None else ""
     lines = "\n".join(f"  {s.input}: {s.reason}" for s in skipped)
     log.warning("map %s: %d input(s) skipped%s:\n%s", out, len(skipped), saved, lines)
@@ -203,37 +201,6 @@ def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: Bu
     return mapdb
 
 
-def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model options every offline command shares."""
-    group = parser.add_argument_group("model (default: the shipped lite0 heads, checkpoints/lite0-nordland)")
-    group.add_argument("--preset", default="", help="model preset with its untrained heads, e.g. lite0")
-    group.add_argument("--checkpoint", default="", help="head checkpoint directory written by `vpr train`")
-    group.add_argument("--backbone-weights", default="", help="local path of the backbone weights")
-    group.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "tensorrt"))
-    group.add_argument("--threads", type=argument(int, THREADS), default=0, help="inference threads (0: library default)")
-    group.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
-                       help="fp32; int8: the graph quantized for ONNX Runtime on the CPU (needs --calibration; its "
-                            "maps are its own); fp16/bf16 on a GPU")
-    group.add_argument("--calibration", default="", metavar="SOURCE",
-                       help="int8 calibration frame sources separated by ';', e.g. the frames the map is built from")
-    group.add_argument("--calibration-frames", type=argument(int, COUNT), default=32,
-                       help="int8 calibration frames spread evenly over the sources (default 32)")
-
-
-def encoder_config(args: argparse.Namespace) -> EncoderConfig:
-    """The model the options name; neither --preset nor --checkpoint means the node's default model,
-    so a map built without model options is one the node's default configuration can localize in."""
-    checkpoint = args.checkpoint
-    if not checkpoint and not args.preset:
-        if not SHIPPED_CHECKPOINT.is_dir():
-            raise FileNotFoundError(f"the default model {SHIPPED_CHECKPOINT} is missing (it ships with the "
-                                    "source tree); pass --checkpoint DIR or --preset NAME")
-        checkpoint = str(SHIPPED_CHECKPOINT)
-    return EncoderConfig(preset=args.preset, checkpoint=checkpoint, backbone_weights=args.backbone_weights,
-                         backend=args.backend, threads=args.threads, precision=args.precision,
-                         calibration=args.calibration, calibration_frames=args.calibration_frames)
-
-
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True,
                         help="frames: [READER:]PATH[?options], e.g. seasons:../shared/data/nordland_tiny?split=dev"
@@ -242,17 +209,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="map directory to write (or resume), or a Milvus collection: milvus://HOST:PORT/"
                              "COLLECTION or milvus-lite:FILE.db/COLLECTION, ?writer=N for one of several writers")
     add_encoder_arguments(parser)
-    kf = parser.add_argument_group("keyframes (default: every frame)")
-    kf.add_argument("--min-interval-s", type=argument(float, NON_NEGATIVE), default=0.0, help="least time between places")
-    kf.add_argument("--min-distance-m", type=argument(float, NON_NEGATIVE), default=0.0, help="least travel between places (needs poses)")
-    kf.add_argument("--max-similarity", type=argument(float, COSINE), default=1.0,
-                    help="skip frames whose cosine to the last place is above this (appearance change)")
+    add_keyframe_arguments(parser)
     parser.add_argument("--batch-size", type=argument(int, COUNT), default=16, help="frames encoded at once (>= 1)")
     parser.add_argument("--frame-id", default="map", help="frame of the places' poses")
     parser.add_argument("--base-to-camera", type=float, nargs=7, default=tuple(poses.IDENTITY),
                         metavar=("X", "Y", "Z", "QX", "QY", "QZ", "QW"),
                         help="pose of the camera in the body frame of the source's poses (default: identity)")
-    parser.add_argument("--index", default="auto", choices=("auto", "flat", "ivf", "hnsw"),
+    parser.add_argument("--index", default="auto", choices=INDEX_CHOICES,
                         help="stage-1 binary index stored with the map (auto: flat up to 50k places, else ivf)")
     parser.add_argument("--no-resume", action="store_true", help="refuse to continue an existing map")
     parser.add_argument("--on-error", default="skip", choices=ON_ERROR,
@@ -264,7 +227,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # A refusal (ValueError, OSError) ends in run_module as one line and exit code 2.
-    config = BuildConfig(keyframe=KeyframeConfig(args.min_interval_s, args.min_distance_m, args.max_similarity),
+    config = BuildConfig(keyframe=keyframe_config(args),
                          batch_size=args.batch_size, frame_id=args.frame_id, resume=not args.no_resume,
                          base_to_camera=tuple(args.base_to_camera),
                          search=SearchConfig(index=args.index), on_error=args.on_error)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from vpr_core.localizer import FrameResult
+from vpr_core.frame_result import FrameResult
 
 WIDTH = 320
 BAND = 44

@@ -4,7 +4,7 @@ A place match says "the camera is where the map camera was", no more: its error 
 the map's places and the viewpoint change between visits, which no per-frame measurement here
 observes. So the covariance comes from configured standard deviations (what the map's place spacing
 and the route allow), widened when the match is weak: with margin m (best score minus the best score
-at a distinct place, ``LocalizationConfig.min_margin`` is its acceptance floor),
+at a distinct place, ``AcceptanceConfig.min_margin`` is its acceptance floor),
 
     widening = clamp(full_margin / m, 1, max_widening),  std = configured std * widening
 

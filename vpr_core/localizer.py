@@ -17,41 +17,32 @@ from typing import Sequence
 
 import numpy as np
 
+from vpr_core.acceptance import AcceptanceConfig, margin_of
 from vpr_core.data.frame import Frame
 from vpr_core.engine import Encoder, EncoderConfig, create_encoder
 from vpr_core.engine.local_engines import create_local_encoder
 from vpr_core import poses
+from vpr_core.choices import MODES
 from vpr_core.keyframes import KeyframeConfig, KeyframeSelector
-from vpr_core.localization_pose import PoseConfig, PoseEstimate, estimate_pose
-from vpr_core.loop import Keyframe, LoopCandidate, LoopConfig, LoopDetector, image_contrast
+from vpr_core.frame_result import FrameResult, Match
+from vpr_core.localization_pose import PoseConfig, estimate_pose
+from vpr_core.loop import Keyframe, LoopConfig, LoopDetector, image_contrast
 from vpr_core.mapdb import MapDB, MapError, PlaceRecord
 from vpr_core.mapdb.manifest import MANIFEST
 from vpr_core.mapstore import MapUnavailable, PlaceMap, is_milvus_uri, open_map, open_searcher
-from vpr_core.mapdb.local_features import LocalFeatures
+from vpr_core.local_features import LocalFeatures
 from vpr_core.model.local_branch import LocalEncoder
 from vpr_core.options import refusal_line
 from vpr_core.search import SearchConfig, TwoStageSearcher
 from vpr_core.search.local_rerank import LocalRerankConfig
 from vpr_core.sequence_filter import SequenceFilter, SequenceFilterConfig, compile_kernels, place_spacing
-
-MODES = ("localization", "slam", "both")
-
-
-@dataclass
-class LocalizationConfig:
-    top_k: int = 5
-    min_score: float = 0.5
-    # The best match must beat the best match at a *distinct* place (id further than
-    # `distinct_places` from it) by this much: two places that look alike are not a localization.
-    min_margin: float = 0.02
-    distinct_places: int = 5
-    # A frame showing next to nothing (RMS contrast below this, vpr_core.loop.contrast) is never an
-    # accepted localization: it matches every other dark or blank frame with a high score.
-    min_contrast: float = 0.03
+from vpr_core.slam_map_paths import aside_name, memory_map_dir
 
 
 @dataclass
 class LocalizerConfig:
+    """Settings of the whole pipeline; the accept rule of one frame's matches is ``localization``."""
+
     mode: str = "localization"
     map_path: str = ""
     slam_map_path: str = ""
@@ -60,7 +51,7 @@ class LocalizerConfig:
     slam_fresh_start: bool = False
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    localization: LocalizationConfig = field(default_factory=LocalizationConfig)
+    localization: AcceptanceConfig = field(default_factory=AcceptanceConfig)
     # slam keyframes: defaults that suit a camera at 10-30 Hz
     keyframe: KeyframeConfig = field(default_factory=lambda: KeyframeConfig(0.5, 0.0, 0.98))
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -92,38 +83,6 @@ class LocalizerConfig:
             raise ValueError("local_branch re-ranks matches in the prebuilt map, which mode 'slam' does not use; "
                              "set mode 'localization' or 'both', or leave local_branch empty")
 
-
-@dataclass
-class Match:
-    place_id: int
-    score: float
-    hamming: int
-    record: PlaceRecord
-
-
-@dataclass
-class FrameResult:
-    """What the pipeline concluded about one frame."""
-
-    frame: Frame
-    matches: list[Match]
-    accepted: bool
-    keyframe_id: int | None = None
-    loop: LoopCandidate | None = None
-    encode_ms: float = 0.0
-    search_ms: float = 0.0
-    local_pool: int = 0  # candidates the local stage re-ranked (0: stage off or skipped)
-    contrast: float | None = None  # RMS contrast of the frame (vpr_core.loop.contrast)
-    # best score minus the best score at a distinct place (None: no distinct place among the results)
-    margin: float | None = None
-    pose: PoseEstimate | None = None  # the base's pose in the map frame, for accepted matches with a pose
-    # With the sequence filter on: matches[0] is the filter's best place, `probability` its posterior
-    # mass (within filter.confidence_radius places), `raw_matches` the frame's own retrieval.
-    filtered: bool = False
-    probability: float | None = None
-    raw_matches: list[Match] = field(default_factory=list)
-    session_id: str = ""  # slam session of keyframe_id and of the loop's query keyframe
-    loop_match_frame: str = ""  # camera frame of the loop's matched keyframe
 
 
 class Localizer:
@@ -216,7 +175,7 @@ class Localizer:
         if not path.exists():
             return
         if fresh or not (path / MANIFEST).is_file():
-            path.rename(_aside_name(path))
+            path.rename(aside_name(path))
             return
         try:
             self.slam_map = MapDB.load(path, expected_fingerprint=self.encoder.fingerprint, verify=True)
@@ -227,7 +186,7 @@ class Localizer:
     def _slam_path(self) -> Path:
         if self._slam_dir is None:
             self._slam_dir = (Path(self.config.slam_map_path).expanduser() if self.config.slam_map_path
-                              else _memory_map_dir())
+                              else memory_map_dir())
         return self._slam_dir
 
     def _open_slam_map(self, frame: Frame) -> MapDB:
@@ -269,7 +228,7 @@ class Localizer:
         self._filters = {}
         self._filter_positions = {}
 
-    def update_thresholds(self, *, localization: LocalizationConfig, loop_min_score: float,
+    def update_thresholds(self, *, localization: AcceptanceConfig, loop_min_score: float,
                           loop_min_departure: float, loop_min_contrast: float, keyframe: KeyframeConfig,
                           pose: PoseConfig, filter_min_probability: float | None = None) -> None:
         """Thresholds changed at run time take effect on the next frame; each config re-validates
@@ -433,31 +392,3 @@ class Localizer:
             camera=r.frame.camera_model if geometric else None, depth=r.frame.depth if geometric else None))
         if r.loop is not None:
             r.loop_match_frame = self._keyframe_frames[r.loop.match_id]
-
-
-def margin_of(ids: np.ndarray, scores: np.ndarray, cfg: LocalizationConfig) -> float | None:
-    """Best score minus the best score at a place more than ``distinct_places`` ids away."""
-    distinct = np.abs(ids - ids[0]) > cfg.distinct_places
-    return float(scores[0] - scores[distinct][0]) if distinct.any() else None
-
-
-def _aside_name(path: Path) -> Path:
-    """`<path>.<time>`, with a counter when that is taken: two resets within one second must not
-    rename one map onto the other."""
-    stem = f"{path.name}.{time.strftime('%Y%m%d-%H%M%S')}"
-    candidate, n = path.with_name(stem), 1
-    while candidate.exists():
-        candidate, n = path.with_name(f"{stem}-{n}"), n + 1
-    return candidate
-
-
-def _memory_map_dir() -> Path:
-    """Without map.slam_path the keyframes still go through MapDB (one code path), in a temporary
-    directory that is removed at exit."""
-    import atexit
-    import shutil
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="vpr_slam_"))
-    atexit.register(shutil.rmtree, path, ignore_errors=True)
-    return path / "map"

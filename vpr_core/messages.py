@@ -18,7 +18,7 @@ from vpr_core.loop.relative_pose import NONE as TRANSFORM_NONE
 from vpr_core.loop.relative_pose import UNOBSERVED_VARIANCE
 
 if TYPE_CHECKING:  # the pipeline (and torch) only for type hints
-    from vpr_core.localizer import FrameResult, Match
+    from vpr_core.frame_result import FrameResult, Match
 
 
 # LoopClosure.VERIFICATION_* (msg/LoopClosure.msg); the TRANSFORM_* values are vpr_core.loop.relative_pose's.

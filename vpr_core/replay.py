@@ -23,9 +23,12 @@ from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 from rosbags.typesys.store import Nodetype
 from tqdm import tqdm
 
-from vpr_core.build_map import add_encoder_arguments, encoder_config
+from vpr_core.cli_options import add_encoder_arguments, encoder_config
 from vpr_core.data import Frame, open_source
-from vpr_core.localizer import MODES, FrameResult, LocalizationConfig, Localizer, LocalizerConfig
+from vpr_core.acceptance import AcceptanceConfig
+from vpr_core.frame_result import FrameResult
+from vpr_core.choices import MODES
+from vpr_core.localizer import Localizer, LocalizerConfig
 from vpr_core.messages import (loop_closure_fields, place_match_array_fields, pose_with_covariance_fields,
                                 time_fields)
 from vpr_core.cli import run_module
@@ -171,7 +174,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         "COLLECTION, milvus-lite:FILE.db/COLLECTION); localization and both modes")
     parser.add_argument("--mode", default="localization", choices=MODES)
     parser.add_argument("--top-k", type=argument(int, COUNT), default=5, help="matches per frame (>= 1)")
-    parser.add_argument("--min-score", type=argument(float, COSINE), default=LocalizationConfig.min_score,
+    parser.add_argument("--min-score", type=argument(float, COSINE), default=AcceptanceConfig.min_score,
                         help="cosine score the best match needs to be accepted, in [-1, 1]")
     add_encoder_arguments(parser)
     parser.add_argument("--local", default="", help="FoL++ local branch checkpoint directory: adds local "
@@ -190,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
     topics = f"?topics={args.topics}" if args.topics else ""
     source = open_source(f"rosbag:{args.bag}{topics}")
     config = LocalizerConfig(mode=args.mode, map_path=args.map, encoder=encoder_config(args),
-                             local_branch=args.local, localization=LocalizationConfig(top_k=args.top_k, min_score=args.min_score),
+                             local_branch=args.local, localization=AcceptanceConfig(top_k=args.top_k, min_score=args.min_score),
                              filter=SequenceFilterConfig(enabled=args.filter))
     summary = replay(iter(source), len(source), Localizer(config), batch_size=args.batch_size,
                      realtime=args.realtime, jsonl=args.out, out_bag=args.out_bag)

@@ -15,7 +15,7 @@ from vpr_core.messages import loop_closure_fields, place_match_array_fields, pos
 from vpr_ros.msg import LoopClosure, PlaceMatchArray
 
 if TYPE_CHECKING:  # the pipeline (and torch) only for type hints
-    from vpr_core.localizer import FrameResult
+    from vpr_core.frame_result import FrameResult
 
 
 def stamp_to_ns(stamp: Time) -> int:

@@ -17,7 +17,6 @@ from rclpy.node import Node
 
 from vpr_core.options import EXIT_REFUSED, REFUSALS, refusal_line
 from vpr_ros.parameters import declare
-from vpr_ros.runtime import LocalizerRuntime
 
 NODE_NAME = "vpr_localizer"
 
@@ -26,6 +25,10 @@ class LocalizerNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__(NODE_NAME, **kwargs)
         self.params = declare(self)
+        # Imported only now: the runtime pulls in torch and ONNX (about 4 s), and a bad parameter must
+        # stop the node at once, before anything heavy is loaded.
+        from vpr_ros.runtime import LocalizerRuntime
+
         self.runtime = LocalizerRuntime(self, self.params)
         self.get_logger().info(
             "parameters: " + ", ".join(f"{k}={v!r}" for k, v in self.params.items()))

@@ -17,14 +17,11 @@ from rclpy.exceptions import InvalidTopicNameException
 from rclpy.node import Node
 from rclpy.validate_topic_name import validate_topic_name
 
-# The numeric rules are shared with the `vpr` command's options (vpr_core never imports ROS).
+# The names and numeric rules are shared with the `vpr` command's options (vpr_core never imports ROS).
+from vpr_core.choices import BACKEND_CHOICES, GEOMETRIC_METHODS, INT8_BACKEND_CHOICES, MODES, PRECISIONS, spoken
 from vpr_core.options import COSINE, COUNT, NON_NEGATIVE, THREADS, at_least, between, one_of
 
-MODES = ("localization", "slam", "both")
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 QOS_PROFILES = ("auto", "sensor_data", "reliable")
-GEOMETRIC = ("none", "orb", "sift")
 
 
 class ParameterError(ValueError):
@@ -147,7 +144,7 @@ SPECS: tuple[Spec, ...] = (
          "lite0 heads trained on Nordland)."),
     Spec("model.backbone_weights", "",
          "Local path of the backbone weights; empty uses the weights shipped with the preset's package."),
-    Spec("model.backend", "auto", "Inference backend: auto, torch, onnxruntime or tensorrt.", one_of(BACKENDS)),
+    Spec("model.backend", "auto", f"Inference backend: {spoken(BACKEND_CHOICES)}.", one_of(BACKEND_CHOICES)),
     Spec("model.engine_cache_dir", "", "Where exported ONNX files and TensorRT engines are cached; "
          "empty uses ~/.cache/vpr_ros."),
     Spec("model.max_batch", 4, "Largest batch of camera frames encoded at once.", COUNT),
@@ -271,8 +268,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("loop.consistency_k", 2, "A loop is published after k of the last n queries agree; 1 disables it.",
          at_least(1)),
     Spec("loop.consistency_n", 3, "Window n of the consistency check.", at_least(1)),
-    Spec("loop.geometric", "none", "Geometric verification: none, orb or sift. With intrinsics (CameraInfo or "
-         "camera.intrinsics) it also measures the loop's relative pose.", one_of(GEOMETRIC)),
+    Spec("loop.geometric", "none", f"Geometric verification: {spoken(GEOMETRIC_METHODS)}. With intrinsics "
+         "(CameraInfo or camera.intrinsics) it also measures the loop's relative pose.", one_of(GEOMETRIC_METHODS)),
     Spec("loop.min_inliers", 30, "Inliers the geometric verification needs.", at_least(5)),
     Spec("publish_debug_image", False, "Publish ~/debug_image (rgb8): the query with the best place, its name, "
          "score and decision written under it (the map keeps no images)."),
@@ -393,7 +390,7 @@ def _check_together(v: dict[str, Any]) -> None:
     if v["model.precision"] == "int8" and not v["model.calibration"]:
         raise ParameterError("parameter 'model.calibration' is empty but model.precision is 'int8': give a folder of "
                              "images or frame sources separated by ';', e.g. the frames the robot's map was built from")
-    if v["model.precision"] == "int8" and v["model.backend"] not in ("auto", "onnxruntime"):
+    if v["model.precision"] == "int8" and v["model.backend"] not in INT8_BACKEND_CHOICES:
         raise ParameterError(f"parameter 'model.precision' = 'int8' runs on ONNX Runtime on the CPU, not on backend "
                              f"'{v['model.backend']}': set model.backend to auto or onnxruntime")
     if v["search.top_k"] > v["search.rerank_k"]:
@@ -432,13 +429,13 @@ def thresholds(v: dict[str, Any]) -> dict[str, Any]:
     """The run-time-changeable part of the configuration, as `Localizer.update_thresholds` takes it."""
     from vpr_core.keyframes import KeyframeConfig
     from vpr_core.localization_pose import PoseConfig
-    from vpr_core.localizer import LocalizationConfig
+    from vpr_core.acceptance import AcceptanceConfig
 
     return {
-        "localization": LocalizationConfig(top_k=v["search.top_k"], min_score=v["localization.min_score"],
-                                           min_margin=v["localization.min_margin"],
-                                           distinct_places=v["localization.distinct_places"],
-                                           min_contrast=v["localization.min_contrast"]),
+        "localization": AcceptanceConfig(top_k=v["search.top_k"], min_score=v["localization.min_score"],
+                                         min_margin=v["localization.min_margin"],
+                                         distinct_places=v["localization.distinct_places"],
+                                         min_contrast=v["localization.min_contrast"]),
         "loop_min_score": v["loop.min_score"], "loop_min_departure": v["loop.min_departure"],
         "loop_min_contrast": v["loop.min_contrast"],
         "keyframe": KeyframeConfig(min_interval_s=v["keyframe.min_interval_s"],

@@ -36,10 +36,11 @@ from vpr_core import poses
 from vpr_core.data.frame import DataError, Frame
 from vpr_core.data.ros_image import depth_msg_to_metres, image_msg_to_rgb
 from vpr_core.debug_view import match_panel
-from vpr_core.localizer import FrameResult, Localizer
+from vpr_core.frame_result import FrameResult
+from vpr_core.localizer import Localizer
 from vpr_core.options import REFUSALS, refusal_line
 from vpr_core.input_loss import UpstreamLoss
-from vpr_core.loop.relative_pose import CameraModel
+from vpr_core.loop.camera_model import CameraModel
 from vpr_ros.conversion import loop_closure, place_match_array, pose_with_covariance, rgb_image, stamp_to_ns
 from vpr_ros.extrinsics import TfExtrinsics, tf_available
 from vpr_ros.msg import LoopClosure, PlaceMatchArray

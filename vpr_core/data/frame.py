@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from vpr_core.loop.relative_pose import CameraModel
+    from vpr_core.loop.camera_model import CameraModel
 
 
 class DataError(ValueError):

@@ -27,10 +27,10 @@ from vpr_core.data.frame import DataError, FrameSource
 READERS: dict[str, tuple[str, str]] = {
     "folder": ("vpr_core.data.folder", "image folder in capture order (natural sort of file names)"),
     "vpr_benchmark": (
-        "vpr_core.data.vpr_benchmark",
+        "vpr_core.data.utm_name_reader",
         "database/ + queries/ with @UTM_east@UTM_north@...@ file names; positives within a UTM radius",
     ),
-    "vpr_bench": ("vpr_core.data.vpr_bench", "VPR-Bench layout: query/, ref/, ground_truth.csv"),
+    "vpr_bench": ("vpr_core.data.csv_truth_reader", "VPR-Bench layout: query/, ref/, ground_truth.csv"),
     "seasons": (
         "vpr_core.data.seasons",
         "paired season folders with matching file names (Nordland); positives by file index",

@@ -6,9 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-BACKEND_CHOICES = ("auto", "torch", "onnxruntime", "tensorrt")
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16", "int8")
+from vpr_core.choices import BACKEND_CHOICES, DEVICE_CHOICES, INT8_BACKEND_CHOICES, PRECISIONS
 
 CACHE_ENV = "VPR_CACHE_DIR"
 
@@ -42,7 +40,7 @@ class EncoderConfig:
         """Refuses values no backend can use, naming the field, so a bad launch parameter fails at start."""
         _choice("backend", self.backend, BACKEND_CHOICES)
         _choice("device", self.device, DEVICE_CHOICES)
-        _choice("precision", self.precision, PRECISION_CHOICES)
+        _choice("precision", self.precision, PRECISIONS)
         if not self.preset and not self.checkpoint:
             raise ValueError("EncoderConfig: give a preset or a checkpoint directory (both are empty)")
         for name in ("max_batch", "threads", "calibration_frames"):
@@ -64,7 +62,7 @@ class EncoderConfig:
             )
 
     def _validate_int8(self) -> None:
-        if self.backend not in ("auto", "onnxruntime") or self.device == "cuda":
+        if self.backend not in INT8_BACKEND_CHOICES or self.device == "cuda":
             raise ValueError(f"EncoderConfig.precision='int8' runs on backend 'onnxruntime' on the CPU; got backend "
                              f"{self.backend!r} on device {self.device!r}: set backend 'onnxruntime' (or 'auto') "
                              "and device 'cpu' (or 'auto')")

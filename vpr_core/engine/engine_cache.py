@@ -10,17 +10,15 @@ and the new engine replaces the old one in the same slot (the cache never grows 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from vpr_core.mapdb.fsio import atomic_write_bytes
+from vpr_core.fsio import atomic_write_bytes, atomic_write_json, exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +122,7 @@ class EngineCache:
             "key_digest": key.digest(),
             "engine_sha256": hashlib.sha256(engine).hexdigest(),
         }
-        atomic_write_bytes(self.record_path(name), (json.dumps(record, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write_json(self.record_path(name), record, indent=2, sort_keys=True)
         return engine_path
 
 
@@ -133,9 +131,5 @@ def build_lock(directory: Path, name: str) -> Iterator[None]:
     """Serialises builds of one cache entry across processes: an engine build takes minutes, and a
     second process (the node and ``vpr export`` at once) should wait and then reuse the result."""
     directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_lock(directory, f".{name}.lock", what="engine cache"):
         yield
-    finally:
-        os.close(fd)

@@ -25,17 +25,20 @@ import logging
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
-import onnx
 
 from vpr_core.engine.config import EncoderConfig
 from vpr_core.engine.engine_cache import build_lock, file_sha256
 from vpr_core.engine.errors import ExportError
-from vpr_core.mapdb.fsio import atomic_write_bytes
+from vpr_core.engine.onnx_description import INPUT_NAME, OUTPUT_NAMES, read_description, write_description
+from vpr_core.fsio import atomic_write_bytes
 from vpr_core.model import ModelConfig, pack_codes
 from vpr_core.model.preprocess import preprocess
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +149,7 @@ def _quiet_quantizer() -> Iterator[None]:
 
 def quantize(fp32_path: Path, out_path: Path, calibration: Calibration, input_name: str) -> None:
     """Writes the quantized graph of ``fp32_path`` to ``out_path`` (atomically)."""
+    import onnx  # here, not at the top: a node that finds its graph cached never pays onnx's import (~1 s)
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -169,14 +173,11 @@ def quantize(fp32_path: Path, out_path: Path, calibration: Calibration, input_na
 def agreement(fp32_path: Path, int8_path: Path, batch: np.ndarray, input_name: str,
               output_names: tuple[str, str]) -> dict[str, float]:
     """Descriptor cosine (mean, min) and equal code bits of the two graphs on ``batch``."""
-    import onnxruntime as ort
-
-    from vpr_core.engine.ort_backend import session_options
+    from vpr_core.engine.ort_session import cpu_session
 
     outputs = []
     for path in (fp32_path, int8_path):
-        session = ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
-        logits, desc = session.run(list(output_names), {input_name: batch})
+        logits, desc = cpu_session(path).run(list(output_names), {input_name: batch})
         outputs.append((pack_codes(logits), desc / np.linalg.norm(desc, axis=1, keepdims=True)))
     (codes32, desc32), (codes8, desc8) = outputs
     cosine = (desc32 * desc8).sum(axis=1)
@@ -187,8 +188,6 @@ def agreement(fp32_path: Path, int8_path: Path, batch: np.ndarray, input_name: s
 
 def export_int8(fp32_path: Path, out_path: Path, calibration: Calibration, fp32_description: dict[str, Any]) -> dict:
     """Quantizes ``fp32_path`` into ``out_path`` and writes its description; refuses a graph under the floor."""
-    from vpr_core.engine.onnx_export import INPUT_NAME, OUTPUT_NAMES, write_description
-
     quantize(fp32_path, out_path, calibration, INPUT_NAME)
     check = agreement(fp32_path, out_path, calibration.batch, INPUT_NAME, OUTPUT_NAMES)
     if not check["mean_descriptor_cosine"] >= MIN_MEAN_COSINE:
@@ -216,8 +215,6 @@ def cached_int8_onnx(config: EncoderConfig, model_config: ModelConfig, fp32_path
                      calibration: Calibration) -> tuple[Path, dict[str, Any]]:
     """The INT8 graph in the cache beside the fp32 one, quantized again when the fp32 graph, the
     calibration set or the recipe changed, or the file does not match its checksum."""
-    from vpr_core.engine.onnx_export import read_description
-
     path = fp32_path.with_name(f"{model_config.fingerprint()}-int8.onnx")
     with build_lock(path.parent, path.stem):
         description = read_description(path)
@@ -239,8 +236,6 @@ def _stale_reason(path: Path, description: dict[str, Any] | None, fp32_path: Pat
         return "no INT8 graph yet"
     if description is None:
         return "its description is missing or unreadable"
-    from vpr_core.engine.onnx_export import read_description
-
     fp32_description = read_description(fp32_path) or {}
     expected = {"base_fingerprint": fp32_description.get("fingerprint"),
                 "vpr_core_version": fp32_description.get("vpr_core_version")}

@@ -20,18 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
+from vpr_core.choices import BACKEND_CHOICES, BACKENDS, ONNXRUNTIME, TENSORRT, TORCH
 from vpr_core.engine.config import EncoderConfig
 from vpr_core.engine.engine_cache import EngineCache, build_lock, file_sha256
 from vpr_core.engine.local_export import LOCAL_OUTPUT_NAMES, export_local_onnx
 from vpr_core.engine.model_source import load_model
-from vpr_core.engine.onnx_export import INPUT_NAME, read_description
+from vpr_core.engine.onnx_description import INPUT_NAME, read_description
 from vpr_core.engine.registry import resolve_backend
 from vpr_core.model import VPRModel
 from vpr_core.model.local_branch import LocalBranch, LocalEncoder, branch_fingerprint, load_local_branch
 
 log = logging.getLogger(__name__)
-
-LOCAL_BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 
 def cached_local_onnx(config: EncoderConfig, model: VPRModel, branch: LocalBranch) -> tuple[Path, dict]:
@@ -53,12 +52,13 @@ def cached_local_onnx(config: EncoderConfig, model: VPRModel, branch: LocalBranc
 
 
 class OrtLocalEncoder(LocalEncoder):
-    backend = "onnxruntime"
+    backend = ONNXRUNTIME
 
     def __init__(self, config: EncoderConfig, model: VPRModel, branch: LocalBranch) -> None:
         import onnxruntime as ort
 
-        from vpr_core.engine.ort_backend import execution_providers, session_options
+        from vpr_core.engine.ort_backend import execution_providers
+        from vpr_core.engine.ort_session import session_options
 
         super().__init__(model, branch, max_batch=config.max_batch)
         path, description = cached_local_onnx(config, model, branch)
@@ -74,7 +74,7 @@ class OrtLocalEncoder(LocalEncoder):
 
 
 class TrtLocalEncoder(LocalEncoder):
-    backend = "tensorrt"
+    backend = TENSORRT
 
     def __init__(self, config: EncoderConfig, model: VPRModel, branch: LocalBranch) -> None:
         from vpr_core.engine import trt_backend
@@ -101,23 +101,23 @@ def create_local_encoder(config: EncoderConfig, branch_path: str | Path) -> Loca
     model's backbone (checked when it loads)."""
     config.validate()
     name = resolve_backend(config)
-    if name not in LOCAL_BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of: auto, {', '.join(LOCAL_BACKENDS)}")
-    if name != "torch" and config.precision != "fp32":
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKEND_CHOICES)}")
+    if name != TORCH and config.precision != "fp32":
         raise ValueError(f"the local branch runs in fp32 on backend {name!r} (its reliability ranking picks the "
                          f"stored patches); set precision 'fp32', not {config.precision!r}")
-    if name == "tensorrt":
+    if name == TENSORRT:
         from vpr_core.engine.trt_backend import check_config
 
         check_config(config)
     model = load_model(config)
     branch = load_local_branch(branch_path, model)
-    if name == "torch":
+    if name == TORCH:
         from vpr_core.engine.torch_backend import resolve_device
 
         device = resolve_device(config.device)
         encoder = LocalEncoder(model.to(device), branch.to(device), max_batch=config.max_batch)
-    elif name == "onnxruntime":
+    elif name == ONNXRUNTIME:
         encoder = OrtLocalEncoder(dataclasses.replace(config, backend=name), model, branch)
     else:
         encoder = TrtLocalEncoder(dataclasses.replace(config, backend=name), model, branch)
@@ -125,4 +125,4 @@ def create_local_encoder(config: EncoderConfig, branch_path: str | Path) -> Loca
     return encoder
 
 
-__all__ = ["LOCAL_BACKENDS", "OrtLocalEncoder", "TrtLocalEncoder", "cached_local_onnx", "create_local_encoder"]
+__all__ = ["OrtLocalEncoder", "TrtLocalEncoder", "cached_local_onnx", "create_local_encoder"]

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 from torch import nn
 
 from vpr_core.engine.errors import ExportError
-from vpr_core.engine.onnx_export import (CHECK_BATCH, INPUT_NAME, MIN_COSINE, OPSET, OUTPUT_NAMES, describe,
-                                        write_description)
-from vpr_core.mapdb.fsio import atomic_write_bytes
+from vpr_core.engine.onnx_description import INPUT_NAME, OUTPUT_NAMES, write_description
+from vpr_core.engine.onnx_export import CHECK_BATCH, MIN_COSINE, OPSET, describe
+from vpr_core.fsio import atomic_write_bytes
 from vpr_core.model import VPRModel
 from vpr_core.model.local_branch import LocalBranch, branch_fingerprint
 from vpr_core.model.preprocess import preprocess
@@ -66,6 +65,8 @@ def export_local_onnx(model: VPRModel, branch: LocalBranch, path: Path | str, op
             raise ExportError(f"torch.onnx.export failed for the local graph of {model.config.preset!r}: "
                               f"{type(exc).__name__}: {str(exc)[:800]}") from exc
     data = buffer.getvalue()
+    import onnx  # here, not at the top: a node that finds its graph cached never pays onnx's import (~1 s)
+
     onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     check = verify_local_graph(data, net)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,11 +90,9 @@ def export_local_onnx(model: VPRModel, branch: LocalBranch, path: Path | str, op
 
 def verify_local_graph(data: bytes, net: _WithLocal) -> dict[str, float]:
     """ONNX Runtime (CPU) against the torch model on preprocessed noise images at two batch sizes."""
-    import onnxruntime as ort
+    from vpr_core.engine.ort_session import cpu_session
 
-    from vpr_core.engine.ort_backend import session_options
-
-    session = ort.InferenceSession(data, sess_options=session_options(), providers=["CPUExecutionProvider"])
+    session = cpu_session(data)
     rng = np.random.default_rng(0)
     worst = {"min_descriptor_cosine": 1.0, "min_local_descriptor_cosine": 1.0,
              "max_logit_abs_diff": 0.0, "max_reliability_abs_diff": 0.0}

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import logging
 import warnings
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 
 import vpr_core
@@ -33,19 +32,17 @@ from vpr_core.engine.config import EncoderConfig
 from vpr_core.engine.engine_cache import build_lock, file_sha256
 from vpr_core.engine.errors import ExportError
 from vpr_core.engine.model_source import load_model
-from vpr_core.mapdb.fsio import atomic_write_bytes
+from vpr_core.engine.onnx_description import (FORMAT, FORMAT_VERSION, INPUT_NAME, OUTPUT_NAMES, description_path,
+                                              read_description, write_description)
+from vpr_core.fsio import atomic_write_bytes
 from vpr_core.model import ModelConfig
 from vpr_core.model.preprocess import preprocess
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "images"
-OUTPUT_NAMES = ("binary_logits", "descriptor")
 OPSET = 17
-FORMAT = "vpr_ros.onnx_encoder"
-FORMAT_VERSION = 1
 # Minimum descriptor cosine between the exported graph (ONNX Runtime, CPU) and the torch model on
-# the check batch; the same thresholds as the backend contract in DESIGN.md.
+# the check batch; every backend is held to the same thresholds.
 MIN_COSINE = {"fp32": 0.999, "fp16": 0.99}
 CHECK_BATCH = (1, 2)  # neither is the traced batch (3), so a batch size frozen into the graph is caught
 # Module types run in fp32 inside the fp16 graph: their reductions overflow or lose precision in
@@ -129,6 +126,8 @@ def export_onnx(model: torch.nn.Module, path: Path | str, precision: str = "fp32
             raise ExportError(f"torch.onnx.export failed for model {config.preset!r} "
                               f"({config.fingerprint()[:12]}): {type(exc).__name__}: {first}") from exc
     data = buffer.getvalue()
+    import onnx  # here, not at the top: a node that finds its graph cached never pays onnx's import (~1 s)
+
     try:
         onnx.checker.check_model(onnx.load_from_string(data), full_check=True)
     except onnx.checker.ValidationError as exc:
@@ -143,11 +142,9 @@ def export_onnx(model: torch.nn.Module, path: Path | str, precision: str = "fp32
 
 def verify_graph(data: bytes, model: torch.nn.Module, precision: str) -> dict[str, float]:
     """Runs the graph with ONNX Runtime (CPU) next to the fp32 torch model on preprocessed noise images."""
-    import onnxruntime as ort
+    from vpr_core.engine.ort_session import cpu_session
 
-    from vpr_core.engine.ort_backend import session_options
-
-    session = ort.InferenceSession(data, sess_options=session_options(), providers=["CPUExecutionProvider"])
+    session = cpu_session(data)
     rng = np.random.default_rng(0)
     worst_cos, worst_logit = 1.0, 0.0
     for n in CHECK_BATCH:
@@ -169,14 +166,6 @@ def verify_graph(data: bytes, model: torch.nn.Module, precision: str) -> dict[st
     return {"min_descriptor_cosine": worst_cos, "max_logit_abs_diff": worst_logit}
 
 
-def description_path(onnx_path: Path) -> Path:
-    return onnx_path.with_suffix(".json")
-
-
-def write_description(onnx_path: Path, description: dict[str, Any]) -> None:
-    atomic_write_bytes(description_path(onnx_path), (json.dumps(description, indent=2) + "\n").encode())
-
-
 def describe(config: ModelConfig, onnx_path: Path, precision: str, opset: int,
              check: dict[str, float]) -> dict[str, Any]:
     """What a user of the ONNX file needs without our code: tensors, preprocessing, fingerprint."""
@@ -190,7 +179,7 @@ def describe(config: ModelConfig, onnx_path: Path, precision: str, opset: int,
         "onnx_sha256": file_sha256(onnx_path),
         "graph_precision": precision,
         "opset": opset,
-        "exporter": f"torch {torch.__version__} (TorchScript exporter), onnx {onnx.__version__}",
+        "exporter": f"torch {torch.__version__} (TorchScript exporter), onnx {version('onnx')}",
         "batch_dependent": bool(config.batch_dependent),
         "inputs": [{
             "name": INPUT_NAME, "dtype": "float32", "shape": ["batch", 3, h, w], "layout": "NCHW",
@@ -215,12 +204,6 @@ def preprocessing_description(config: ModelConfig) -> dict[str, Any]:
             "mean": list(config.mean), "std": list(config.std),
             "function": "vpr_core.model.preprocess.preprocess"}
 
-
-def read_description(onnx_path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(description_path(onnx_path).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def cached_onnx(config: EncoderConfig, model_config: ModelConfig, model: torch.nn.Module | None = None) -> Path:

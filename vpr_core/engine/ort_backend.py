@@ -12,38 +12,22 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from vpr_core.choices import ONNXRUNTIME
 from vpr_core.engine.config import EncoderConfig
 from vpr_core.engine.encoder import Encoder
 from vpr_core.engine.errors import BackendUnavailable
 from vpr_core.engine.int8 import cached_int8_onnx, load_calibration
 from vpr_core.engine.model_source import load_model_config
-from vpr_core.engine.onnx_export import INPUT_NAME, OUTPUT_NAMES, cached_onnx
+from vpr_core.engine.onnx_description import INPUT_NAME, OUTPUT_NAMES
+from vpr_core.engine.onnx_export import cached_onnx
+from vpr_core.engine.ort_session import CPU, CUDA, TENSORRT, session_options
 from vpr_core.model import ModelConfig, VPRModel
 
 log = logging.getLogger(__name__)
 
-CPU, CUDA, TENSORRT = "CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"
 # TensorRT execution provider build workspace; the same limit as our own TensorRT backend uses.
 TRT_WORKSPACE_BYTES = 4 << 30
 
-
-def session_options(threads: int = 0) -> ort.SessionOptions:
-    """Options for low latency on one request at a time.
-
-    Sequential execution: the parallel executor only pays off for graphs with independent branches
-    and costs scheduling time on every call. One inter-op thread for the same reason; intra-op threads
-    (the ones doing the maths) follow ``threads`` (0 = one per physical core, ONNX Runtime's default).
-    No spinning: idle pool threads that busy-wait for the next call take the CPU from everything else
-    in the process (the node's callbacks and search) and, measured on a 2-core VM, made lite0 itself
-    slower too: 37-53 calls/s with spinning, 60-77 without (batch 1, separate processes, 3 runs each).
-    """
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.inter_op_num_threads = 1
-    options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
 
 
 def execution_providers(config: EncoderConfig, input_hw: tuple[int, int], cache_dir: Path,
@@ -83,7 +67,7 @@ def execution_providers(config: EncoderConfig, input_hw: tuple[int, int], cache_
 
 
 class OrtEncoder(Encoder):
-    backend = "onnxruntime"
+    backend = ONNXRUNTIME
 
     def __init__(self, config: EncoderConfig, model_config: ModelConfig, onnx_path: Path,
                  fingerprint: str | None = None) -> None:

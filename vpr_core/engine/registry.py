@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import logging
 
+from vpr_core.choices import AUTO, BACKEND_CHOICES, ONNXRUNTIME, TENSORRT, TORCH
 from vpr_core.engine.config import EncoderConfig
 from vpr_core.engine.encoder import Encoder
 
@@ -18,9 +19,9 @@ log = logging.getLogger(__name__)
 
 # name -> (module exposing create(config) -> Encoder, one-line help)
 BACKENDS: dict[str, tuple[str, str]] = {
-    "torch": ("vpr_core.engine.torch_backend", "the torch model, eager; CPU or CUDA (autocast, CUDA graphs)"),
-    "onnxruntime": ("vpr_core.engine.ort_backend", "ONNX Runtime on the cached ONNX export; CPU, CUDA or TensorRT EP"),
-    "tensorrt": ("vpr_core.engine.trt_backend", "a TensorRT engine built from the ONNX export, cached"),
+    TORCH: ("vpr_core.engine.torch_backend", "the torch model, eager; CPU or CUDA (autocast, CUDA graphs)"),
+    ONNXRUNTIME: ("vpr_core.engine.ort_backend", "ONNX Runtime on the cached ONNX export; CPU, CUDA or TensorRT EP"),
+    TENSORRT: ("vpr_core.engine.trt_backend", "a TensorRT engine built from the ONNX export, cached"),
 }
 
 
@@ -33,7 +34,9 @@ def cuda_available() -> bool:
 def ort_has_cuda() -> bool:
     import onnxruntime
 
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    from vpr_core.engine.ort_session import CUDA
+
+    return CUDA in onnxruntime.get_available_providers()
 
 
 def resolve_backend(config: EncoderConfig) -> str:
@@ -42,17 +45,17 @@ def resolve_backend(config: EncoderConfig) -> str:
 
     bf16 is a torch-only precision, so ``auto`` with bf16 is torch; int8 is ONNX Runtime's (CPU).
     """
-    if config.backend != "auto":
+    if config.backend != AUTO:
         return config.backend
     if config.precision == "bf16":
-        return "torch"
+        return TORCH
     if config.precision == "int8":
-        return "onnxruntime"
+        return ONNXRUNTIME
     if config.device != "cpu" and importlib.util.find_spec("tensorrt") is not None and cuda_available():
-        return "tensorrt"
+        return TENSORRT
     if config.device == "cpu" or config.precision == "fp32" or ort_has_cuda():
-        return "onnxruntime"
-    return "torch"
+        return ONNXRUNTIME
+    return TORCH
 
 
 def create_encoder(config: EncoderConfig) -> Encoder:
@@ -60,7 +63,7 @@ def create_encoder(config: EncoderConfig) -> Encoder:
     config.validate()
     name = resolve_backend(config)
     if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of: auto, {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown backend {name!r}; choose one of: {', '.join(BACKEND_CHOICES)}")
     resolved = dataclasses.replace(config, backend=name)
     encoder = importlib.import_module(BACKENDS[name][0]).create(resolved)
     log.info("encoder %s on backend %s (asked for %r)", encoder.fingerprint, name, config.backend)

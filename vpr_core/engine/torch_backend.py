@@ -10,6 +10,7 @@ import logging
 import numpy as np
 import torch
 
+from vpr_core.choices import TORCH
 from vpr_core.engine.config import EncoderConfig
 from vpr_core.engine.encoder import Encoder
 from vpr_core.engine.errors import BackendUnavailable
@@ -34,7 +35,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 class TorchEncoder(Encoder):
-    backend = "torch"
+    backend = TORCH
 
     def __init__(self, config: EncoderConfig, model: VPRModel) -> None:
         super().__init__(config, model.config)

@@ -16,12 +16,14 @@ from types import ModuleType
 
 import numpy as np
 
+from vpr_core.choices import TENSORRT
 from vpr_core.engine.config import EncoderConfig
 from vpr_core.engine.encoder import Encoder
 from vpr_core.engine.engine_cache import EngineCache, EngineKey, Lookup, build_lock, file_sha256
 from vpr_core.engine.errors import BackendUnavailable, ExportError
 from vpr_core.engine.model_source import load_model_config
-from vpr_core.engine.onnx_export import INPUT_NAME, OUTPUT_NAMES, cached_onnx
+from vpr_core.engine.onnx_description import INPUT_NAME, OUTPUT_NAMES
+from vpr_core.engine.onnx_export import cached_onnx
 from vpr_core.model import ModelConfig, VPRModel
 
 log = logging.getLogger(__name__)
@@ -175,7 +177,7 @@ class TrtRunner:
 
 
 class TrtEncoder(Encoder):
-    backend = "tensorrt"
+    backend = TENSORRT
 
     def __init__(self, config: EncoderConfig, model_config: ModelConfig, engine: bytes, trt: ModuleType) -> None:
         super().__init__(config, model_config)

@@ -15,23 +15,24 @@ import dataclasses
 import json
 import re
 import sys
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from vpr_core.build_map import add_encoder_arguments, encoder_config
-from vpr_core.data import DataError, EvalDataset, FrameSource, get_reader, parse_spec
+from vpr_core.cli_options import add_encoder_arguments, encoder_config
+from vpr_core.data import DataError, EvalDataset, get_reader, parse_spec
 from vpr_core.engine import BackendUnavailable, Encoder, ExportError, create_encoder
 from vpr_core.model.local_branch import CONFIG_FILE as LOCAL_CONFIG_FILE
 from vpr_core.engine.local_engines import create_local_encoder
 from vpr_core.model.local_branch import LocalEncoder
+from vpr_core.eval.encoding import encode_source_with_local
 from vpr_core.eval.recall import DEFAULT_NS, RecallResult, evaluate_recall, to_jsonable, write_json
+from vpr_core.eval.recall_table import METHOD_LABELS, format_table, model_label
 from vpr_core.eval.report import save_examples
+from vpr_core.eval.timed_search import latency_summary, search_each
 from vpr_core.search import SearchConfig, SearchResult, TwoStageSearcher
 from vpr_core.search.local_rerank import LocalFeatures, LocalReranker, LocalRerankConfig
 from vpr_core.search.binary_index import KINDS as INDEX_KINDS
@@ -40,12 +41,9 @@ from vpr_core.eval.sequence import RouteSearch
 from vpr_core.sequence_filter import SequenceFilterConfig
 from vpr_core.cli import run_module
 
-METHODS = ("float", "two_stage", "local")
-METHOD_LABELS = {"float": "float-only", "two_stage": "two-stage", "local": "+local"}
 RESULTS_FILE = "results.json"
 EXAMPLES_FILE = "examples.png"
-ENCODE_BATCH = 32  # images read and handed to the encoder at once; it splits them by max_batch
-# The node's default top_k (LocalizationConfig): the table's latency and the picture come from the
+# The node's default top_k (AcceptanceConfig): the table's latency and the picture come from the
 # search that asks for this many results (or the nearest N evaluated).
 NODE_TOP_K = 5
 
@@ -80,58 +78,113 @@ def evaluate(
     offline smoothing (every frame counts, warm-up included; see sequence_summary).
     """
     kept_ns = recall_ns(ns, dataset)
-    n_db = len(dataset.database)
     shown_k = min(kept_ns, key=lambda n: (abs(n - NODE_TOP_K), n))
+    db = _Encoded(*encode_source_with_local(dataset.database, local or encoder, "database"))
+    queries = _Encoded(*encode_source_with_local(dataset.queries, local or encoder, "queries"))
+    searches = _method_searches(db, queries, search_config, local, local_config)
+    measured = _measure_methods(searches, dataset, len(queries.desc), kept_ns, shown_k)
+    if local is not None:
+        measured.methods["local"].update(local_summary(measured.methods, db.local, local_config, local, shown_k))
+    route = None
+    if sequence is not None and sequence.enabled:
+        route = _route_search(dataset, searches["two_stage"], len(queries.desc), sequence)
+    results = _results_payload(dataset, encoder, local, search_config, kept_ns, shown_k, db, queries, measured)
+    if route is not None:
+        results["sequence"] = sequence_summary(route, sequence, smooth)
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), results, dataset, measured.shown["two_stage"], shown_k, examples)
+    return {**to_jsonable(results), "predictions": measured.predictions}
 
-    db_codes, db_desc, db_local, db_seconds = encode_source_with_local(dataset.database, local or encoder, "database")
-    q_codes, q_desc, q_local, q_seconds = encode_source_with_local(dataset.queries, local or encoder, "queries")
-    searcher = TwoStageSearcher(db_codes, db_desc, search_config)
+
+@dataclasses.dataclass
+class _Encoded:
+    """One part of the data set encoded: codes, descriptors, local patches (or None) and the
+    seconds spent inside ``encode``."""
+
+    codes: np.ndarray
+    desc: np.ndarray
+    local: LocalFeatures | None
+    seconds: float
+
+
+@dataclasses.dataclass
+class _Measured:
+    """Per method: ids per N (``predictions``), the JSON summary (``methods``) and the result of the
+    search at the shown k (``shown``)."""
+
+    predictions: dict[str, dict[int, np.ndarray]]
+    methods: dict[str, dict[str, Any]]
+    shown: dict[str, SearchResult]
+
+
+def _method_searches(
+    db: _Encoded, queries: _Encoded, search_config: SearchConfig, local: LocalEncoder | None,
+    local_config: LocalRerankConfig,
+) -> dict[str, Callable[[int, int], SearchResult]]:
+    """Per method, the search of query i for k results, all on one searcher over the database."""
+    q_codes, q_desc, q_local = queries.codes, queries.desc, queries.local
+    searcher = TwoStageSearcher(db.codes, db.desc, search_config)
     searches = {
         "float": lambda i, k: searcher.float_search(q_desc[i : i + 1], k),
         "two_stage": lambda i, k: searcher.search(q_codes[i : i + 1], q_desc[i : i + 1], k),
     }
     if local is not None:
-        searcher.local = LocalReranker(db_local, local_config)
+        searcher.local = LocalReranker(db.local, local_config)
         searches["local"] = lambda i, k: searcher.search(
             q_codes[i : i + 1], q_desc[i : i + 1], k, query_local=q_local.take(slice(i, i + 1))
         )
+    return searches
 
-    predictions: dict[str, dict[int, np.ndarray]] = {}
-    shown: dict[str, SearchResult] = {}
-    methods: dict[str, dict[str, Any]] = {}
+
+def _measure_methods(
+    searches: dict[str, Callable[[int, int], SearchResult]], dataset: EvalDataset, n_queries: int,
+    kept_ns: list[int], shown_k: int,
+) -> _Measured:
+    """Recall@N, latency and re-rank pool of every method, one search per N (see ``evaluate``)."""
+    measured = _Measured({}, {}, {})
     for method, search_one in searches.items():
-        predictions[method], recall, latency, pools = {}, {}, {}, {}
+        measured.predictions[method], recall, latency, pools = {}, {}, {}, {}
         for k in kept_ns:
-            result, seconds = search_each(search_one, len(q_desc), k, f"{METHOD_LABELS[method]} k={k}")
-            predictions[method][k] = result.ids
+            result, seconds = search_each(search_one, n_queries, k, f"{METHOD_LABELS[method]} k={k}")
+            measured.predictions[method][k] = result.ids
             counted = evaluate_recall(result.ids, dataset.positive_lists, [k])
             recall[k] = counted.recall[k]
             latency[f"k={k}"] = latency_summary(seconds)
             if result.pool is not None:
                 pools[f"k={k}"] = float(np.mean(result.pool))
             if k == shown_k:
-                shown[method] = result
-        methods[method] = {
+                measured.shown[method] = result
+        measured.methods[method] = {
             **RecallResult(recall, counted.num_queries, counted.num_without_positives).to_dict(),
             "latency_ms": latency,
         }
         if pools:
-            methods[method]["mean_rerank_pool"] = pools
-    # The design's search budget: two-stage keeps exhaustive search's top-1 on >= 99% of queries.
-    methods["two_stage"]["top1_same_as_float"] = float(
-        np.mean(shown["two_stage"].ids[:, 0] == shown["float"].ids[:, 0])
+            measured.methods[method]["mean_rerank_pool"] = pools
+    # The search budget: two-stage keeps exhaustive search's top-1 on >= 99% of queries.
+    measured.methods["two_stage"]["top1_same_as_float"] = float(
+        np.mean(measured.shown["two_stage"].ids[:, 0] == measured.shown["float"].ids[:, 0])
     )
-    if local is not None:
-        methods["local"].update(local_summary(methods, db_local, local_config, local, shown_k))
-    route = None
-    if sequence is not None and sequence.enabled:
-        found, _ = search_each(searches["two_stage"], len(q_desc), min(sequence.top_k, n_db),
-                               f"two-stage k={sequence.top_k} for the sequence filter")
-        route = RouteSearch(dataset.name, n_db, found.ids, found.scores, np.full(len(q_desc), np.inf, np.float32),
-                            [dataset.positives(q) for q in range(len(q_desc))])
+    return measured
 
-    n_images = n_db + len(q_desc)
-    results: dict[str, Any] = {
+
+def _route_search(
+    dataset: EvalDataset, two_stage: Callable[[int, int], SearchResult], n_queries: int,
+    sequence: SequenceFilterConfig,
+) -> RouteSearch:
+    """The two-stage results the sequence filter reads, the queries taken as one route."""
+    n_db = len(dataset.database)
+    found, _ = search_each(two_stage, n_queries, min(sequence.top_k, n_db),
+                           f"two-stage k={sequence.top_k} for the sequence filter")
+    return RouteSearch(dataset.name, n_db, found.ids, found.scores, np.full(n_queries, np.inf, np.float32),
+                       [dataset.positives(q) for q in range(n_queries)])
+
+
+def _results_payload(
+    dataset: EvalDataset, encoder: Encoder, local: LocalEncoder | None, search_config: SearchConfig,
+    kept_ns: list[int], shown_k: int, db: _Encoded, queries: _Encoded, measured: _Measured,
+) -> dict[str, Any]:
+    n_images = len(dataset.database) + len(queries.desc)
+    return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": dataset.summary(),
         "encoder": {
@@ -144,29 +197,30 @@ def evaluate(
         "search": {"ns": kept_ns, "shown_k": shown_k, "config": dataclasses.asdict(search_config)},
         "encode": {
             "images": n_images,
-            "database_s": db_seconds,
-            "queries_s": q_seconds,
-            "ms_per_image": 1000 * (db_seconds + q_seconds) / n_images,
+            "database_s": db.seconds,
+            "queries_s": queries.seconds,
+            "ms_per_image": 1000 * (db.seconds + queries.seconds) / n_images,
         },
-        "methods": methods,
+        "methods": measured.methods,
     }
-    if route is not None:
-        results["sequence"] = sequence_summary(route, sequence, smooth)
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if examples > 0:
-            rows = save_examples(
-                out_dir / EXAMPLES_FILE,
-                dataset,
-                shown["two_stage"].ids,
-                shown["two_stage"].scores,
-                example_queries(dataset, examples),
-                title=f"{dataset.name}: two-stage top {shown_k}, {model_label(results['encoder'])}",
-            )
-            results["examples"] = {"png": EXAMPLES_FILE, "queries": rows}
-        write_json(out_dir / RESULTS_FILE, results)
-    return {**to_jsonable(results), "predictions": predictions}
+
+
+def _write_outputs(
+    out_dir: Path, results: dict[str, Any], dataset: EvalDataset, shown: SearchResult, shown_k: int, examples: int
+) -> None:
+    """``examples.png`` of the two-stage results (recorded in ``results``), then ``results.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if examples > 0:
+        rows = save_examples(
+            out_dir / EXAMPLES_FILE,
+            dataset,
+            shown.ids,
+            shown.scores,
+            example_queries(dataset, examples),
+            title=f"{dataset.name}: two-stage top {shown_k}, {model_label(results['encoder'])}",
+        )
+        results["examples"] = {"png": EXAMPLES_FILE, "queries": rows}
+    write_json(out_dir / RESULTS_FILE, results)
 
 
 def local_summary(methods: dict[str, dict[str, Any]], db_local: LocalFeatures, config: LocalRerankConfig,
@@ -218,72 +272,6 @@ def recall_ns(ns: Sequence[int], dataset: EvalDataset) -> list[int]:
     return kept
 
 
-def encode_source(source: FrameSource, encoder: Encoder, label: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """Codes and descriptors of every frame, in source order, with the seconds spent inside
-    ``encode`` (image decoding excluded, so the figure is the encoder's own cost)."""
-    codes, desc, _, seconds = encode_source_with_local(source, encoder, label)
-    return codes, desc, seconds
-
-
-def encode_source_with_local(
-    source: FrameSource, encoder: Encoder | LocalEncoder, label: str
-) -> tuple[np.ndarray, np.ndarray, LocalFeatures | None, float]:
-    """Codes, descriptors and (for a LocalEncoder) kept local patches of every frame, in source
-    order, with the seconds spent inside ``encode`` (image decoding excluded, so the figure is the
-    encoder's own cost)."""
-    codes, descs, locals_, seconds = [], [], [], 0.0
-    batch: list[np.ndarray] = []
-
-    def flush() -> None:
-        nonlocal seconds
-        start = time.perf_counter()
-        out = encoder.encode_local(batch) if isinstance(encoder, LocalEncoder) else encoder.encode(batch)
-        seconds += time.perf_counter() - start
-        codes.append(out[0])
-        descs.append(out[1])
-        if len(out) == 3:
-            locals_.append(out[2])
-        batch.clear()
-
-    with tqdm(total=len(source), desc=f"encode {label}", unit="img", leave=False) as bar:
-        for frame in source:
-            batch.append(frame.rgb)
-            if len(batch) == ENCODE_BATCH:
-                flush()
-                bar.update(ENCODE_BATCH)
-        if batch:
-            bar.update(len(batch))
-            flush()
-    local = LocalFeatures(*(np.concatenate([getattr(part, f) for part in locals_]) for f in ("desc", "rel", "pos"))) \
-        if locals_ else None
-    return np.concatenate(codes), np.concatenate(descs), local, seconds
-
-
-def search_each(
-    search_one: Callable[[int, int], SearchResult], n_queries: int, k: int, label: str
-) -> tuple[SearchResult, np.ndarray]:
-    """One search per query (the node's pattern, so latencies are per frame): the results stacked
-    over queries, and each query's latency in seconds."""
-    results, latency = [], np.empty(n_queries)
-    for i in tqdm(range(n_queries), desc=f"search {label}", unit="query", leave=False):
-        start = time.perf_counter()
-        results.append(search_one(i, k))
-        latency[i] = time.perf_counter() - start
-    pools = [r.pool for r in results]
-    stacked = SearchResult(
-        ids=np.concatenate([r.ids for r in results]),
-        scores=np.concatenate([r.scores for r in results]),
-        hamming=np.concatenate([r.hamming for r in results]),
-        pool=None if any(p is None for p in pools) else np.concatenate(pools),
-    )
-    return stacked, latency
-
-
-def latency_summary(seconds: np.ndarray) -> dict[str, float]:
-    ms = 1000 * seconds
-    return {"median": float(np.median(ms)), "p95": float(np.percentile(ms, 95)), "mean": float(ms.mean())}
-
-
 def example_queries(dataset: EvalDataset, count: int) -> list[int]:
     """Queries spread evenly over the sequence (only those with a positive): a sample of the whole
     route rather than hand-picked successes or failures."""
@@ -292,58 +280,6 @@ def example_queries(dataset: EvalDataset, count: int) -> list[int]:
         return []
     picks = np.linspace(0, len(candidates) - 1, min(count, len(candidates))).round().astype(int)
     return [candidates[i] for i in picks]
-
-
-def format_table(results: dict[str, Any]) -> str:
-    """The terminal summary: Recall@N in percent and search latency per method, then encode cost."""
-    ns = results["search"]["ns"]
-    shown = f"k={results['search']['shown_k']}"
-    data = results["dataset"]
-    encoder = results["encoder"]
-    lines = [
-        f"{data['name']}: {data['query_frames']} queries vs {data['database_frames']} database frames "
-        f"({data['positive_rule']})",
-        f"encoder {model_label(encoder)}, {encoder['backend']}, {encoder['bits']} bits, {encoder['dim']}-D: "
-        f"{results['encode']['ms_per_image']:.2f} ms/image over {results['encode']['images']} images",
-        f"{'method':<11}" + "".join(f"{'R@' + str(n):>7}" for n in ns)
-        + f"{'median ms':>11}{'p95 ms':>8}",
-    ]
-    for method in (m for m in METHODS if m in results["methods"]):
-        m = results["methods"][method]
-        recalls = "".join(f"{100 * m['recall'][f'R@{n}']:>7.1f}" for n in ns)
-        latency = m["latency_ms"][shown]
-        lines.append(f"{METHOD_LABELS[method]:<11}{recalls}{latency['median']:>11.3f}{latency['p95']:>8.3f}")
-    two = results["methods"]["two_stage"]
-    excluded = two["num_queries_without_positives"]
-    lines.append(
-        f"on {two['num_queries']} queries"
-        + (f" ({excluded} without positives excluded)" if excluded else "")
-        + f"; latency per query searched alone at {shown}; there two-stage top-1 = float top-1 on "
-        f"{100 * two['top1_same_as_float']:.1f}% of queries, mean re-rank pool {two['mean_rerank_pool'][shown]:.1f}"
-    )
-    if "sequence" in results:
-        sq = results["sequence"]
-        smoothed = f", offline smoothing {100 * sq['smoothed_r1']:.1f}" if "smoothed_r1" in sq else ""
-        lines.append(f"queries as one route ({sq['frames']} frames in order, every frame counted): R@1 two-stage "
-                     f"{100 * sq['two_stage_r1']:.1f}, sequence filter {100 * sq['filtered_r1']:.1f}{smoothed}")
-    if "local" in results["methods"]:
-        loc = results["methods"]["local"]
-        pools = ", ".join(f"{key} {value:.2f}" for key, value in loc["mean_rerank_pool"].items())
-        lines.append(
-            f"local re-ranking: mean candidates re-ranked per query ({pools}); added latency at {shown} "
-            f"{loc['added_latency_ms']['mean']:.3f} ms mean, {loc['added_latency_ms']['median']:.3f} ms median; "
-            f"{loc['bytes_per_place']} local bytes per place ({loc['patches_per_place']} patches x "
-            f"{loc['local_dim']}-D float16 + reliability + position)"
-        )
-    return "\n".join(lines)
-
-
-def model_label(encoder: dict[str, Any]) -> str:
-    """Preset or checkpoint with the start of the fingerprint: enough to tell two models apart."""
-    config = encoder["config"]
-    name = Path(config["checkpoint"]).name if config["checkpoint"] else config["preset"]
-    precision = "" if config.get("precision", "fp32") == "fp32" else f" {config['precision']}"
-    return f"{name}{precision} ({encoder['fingerprint'][:12]})"
 
 
 def open_eval_dataset(spec: str, layout: str | None = None) -> EvalDataset:
@@ -434,3 +370,4 @@ def open_local(args: argparse.Namespace) -> tuple[LocalEncoder | None, LocalRera
 
 if __name__ == "__main__":
     sys.exit(run_module(sys.modules[__name__], "vpr eval"))
+

@@ -8,15 +8,14 @@ file always says how many queries it was computed on. Predictions are database i
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vpr_core.fsio import atomic_write_json
 
 DEFAULT_NS = (1, 5, 10, 20, 100)
 
@@ -123,17 +122,7 @@ def write_json(path: Path | str, payload: Any) -> None:
     """Write ``payload`` as indented JSON atomically, so an interrupted run never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(to_jsonable(payload), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, to_jsonable(payload), indent=2, allow_nan=False)
 
 
 def _check_predictions(predictions: np.ndarray, positives: Sequence[np.ndarray]) -> np.ndarray:

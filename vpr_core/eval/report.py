@@ -44,18 +44,7 @@ def save_examples(
     if not queries:
         raise ValueError("no queries to draw")
     top = min(top, predictions.shape[1])
-    rows = []
-    for q in queries:
-        ids = [int(i) for i in predictions[q, :top]]
-        positives = dataset.positives(q)
-        rows.append({
-            "query": q,
-            "retrieved": ids,
-            "scores": [float(s) for s in scores[q, :top]],
-            "correct": [bool(i >= 0 and i in positives) for i in ids],
-            # The middle positive: for a +-1 tolerance it is the query's own place.
-            "truth": int(positives[len(positives) // 2]) if positives.size else -1,
-        })
+    rows = [_example_row(dataset, predictions, scores, q, top) for q in queries]
     query_images = frames_at(dataset.queries, queries)
     needed = {i for row in rows for i in row["retrieved"] + [row["truth"]] if i >= 0}
     db_images = frames_at(dataset.database, sorted(needed))
@@ -67,19 +56,7 @@ def save_examples(
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(rows), cols, squeeze=False)
     for r, row in enumerate(rows):
-        name, image = query_images[row["query"]]
-        _tile(axes[r, 0], image, f"query {row['query']}\n{name}", "black")
-        for c, (i, score, ok) in enumerate(zip(row["retrieved"], row["scores"], row["correct"]), start=1):
-            if i < 0:
-                axes[r, c].set_axis_off()
-                continue
-            colour = CORRECT if ok else WRONG
-            _tile(axes[r, c], db_images[i][1], f"{c}. #{i}  {score:.3f}\n{db_images[i][0]}", colour, colour)
-        truth = row["truth"]
-        if truth >= 0:
-            _tile(axes[r, -1], db_images[truth][1], f"a true match #{truth}\n{db_images[truth][0]}", NEUTRAL, NEUTRAL)
-        else:
-            axes[r, -1].set_axis_off()
+        _draw_row(axes[r], row, query_images, db_images)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -87,6 +64,37 @@ def save_examples(
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return rows
+
+
+def _example_row(dataset: EvalDataset, predictions: np.ndarray, scores: np.ndarray, q: int, top: int) -> dict[str, Any]:
+    ids = [int(i) for i in predictions[q, :top]]
+    positives = dataset.positives(q)
+    return {
+        "query": q,
+        "retrieved": ids,
+        "scores": [float(s) for s in scores[q, :top]],
+        "correct": [bool(i >= 0 and i in positives) for i in ids],
+        # The middle positive: for a +-1 tolerance it is the query's own place.
+        "truth": int(positives[len(positives) // 2]) if positives.size else -1,
+    }
+
+
+def _draw_row(axes, row: dict[str, Any], query_images: dict[int, tuple[str, np.ndarray]],
+              db_images: dict[int, tuple[str, np.ndarray]]) -> None:
+    """The query, its retrievals (green correct, red wrong) and a true match on one row of axes."""
+    name, image = query_images[row["query"]]
+    _tile(axes[0], image, f"query {row['query']}\n{name}", "black")
+    for c, (i, score, ok) in enumerate(zip(row["retrieved"], row["scores"], row["correct"]), start=1):
+        if i < 0:
+            axes[c].set_axis_off()
+            continue
+        colour = CORRECT if ok else WRONG
+        _tile(axes[c], db_images[i][1], f"{c}. #{i}  {score:.3f}\n{db_images[i][0]}", colour, colour)
+    truth = row["truth"]
+    if truth >= 0:
+        _tile(axes[-1], db_images[truth][1], f"a true match #{truth}\n{db_images[truth][0]}", NEUTRAL, NEUTRAL)
+    else:
+        axes[-1].set_axis_off()
 
 
 def frames_at(source: FrameSource, indices: Sequence[int]) -> dict[int, tuple[str, np.ndarray]]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vpr_core.localizer import LocalizationConfig, margin_of
+from vpr_core.acceptance import AcceptanceConfig, margin_of
 from vpr_core.sequence_filter import SequenceFilter, SequenceFilterConfig
 from vpr_core.sequence_smoothing import smooth_route
 
@@ -51,7 +51,7 @@ class FrameAnswers:
     accepted: np.ndarray
 
 
-def single_frame(route: RouteSearch, order: np.ndarray, config: LocalizationConfig) -> FrameAnswers:
+def single_frame(route: RouteSearch, order: np.ndarray, config: AcceptanceConfig) -> FrameAnswers:
     """The node's answers without the filter: the best two-stage match, accepted by the score,
     margin and contrast tests of ``Localizer``."""
     place = route.ids[order, 0]
@@ -66,7 +66,7 @@ def single_frame(route: RouteSearch, order: np.ndarray, config: LocalizationConf
 
 
 def filtered(route: RouteSearch, order: np.ndarray, config: SequenceFilterConfig,
-             min_contrast: float = LocalizationConfig.min_contrast) -> FrameAnswers:
+             min_contrast: float = AcceptanceConfig.min_contrast) -> FrameAnswers:
     """The filter's answers over the queries in ``order``, one motion step per frame."""
     f = SequenceFilter(config, route.map_size)
     place = np.empty(len(order), np.int64)
@@ -79,7 +79,7 @@ def filtered(route: RouteSearch, order: np.ndarray, config: SequenceFilterConfig
 
 
 def smoothed(route: RouteSearch, config: SequenceFilterConfig,
-             min_contrast: float = LocalizationConfig.min_contrast) -> FrameAnswers:
+             min_contrast: float = AcceptanceConfig.min_contrast) -> FrameAnswers:
     """Offline smoothing's answers over the queries in order (vpr_core/sequence_smoothing.py): each
     frame's place from the whole route; accepted = not blank (it has no probability threshold)."""
     order = np.arange(len(route.ids))

@@ -23,8 +23,9 @@ from tqdm import tqdm
 
 from vpr_core.data import get_reader
 from vpr_core.engine import Encoder
-from vpr_core.eval.evaluate import encode_source, open_eval_dataset
-from vpr_core.eval.loops import PAIRS_FILE, read_loop_pairs
+from vpr_core.eval.encoding import encode_source
+from vpr_core.eval.evaluate import open_eval_dataset
+from vpr_core.eval.loop_sequence import PAIRS_FILE, read_loop_pairs
 from vpr_core.eval.sequence import RouteSearch
 from vpr_core.loop import image_contrast
 from vpr_core.search import SearchConfig, TwoStageSearcher

@@ -6,7 +6,7 @@ accepted as a localization. On the Nordland-tiny development section the black t
 the cab's lamp and time stamp as the only marks, lie at 0.012-0.02 (176 of 5722 frames) and were the
 highest-scoring false loop closures; textured frames start above 0.05 there, and every Corridor and
 rtabmap_loop frame is above 0.08. Hence the default threshold 0.03 of LoopConfig and
-LocalizationConfig.
+AcceptanceConfig.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Appearance alone cannot tell two identical-looking corridors apart; a consistent
 (many feature matches agreeing on one fundamental or essential matrix) can. Local features come from
 OpenCV (ORB or SIFT, chosen by name), matches are filtered with Lowe's ratio test, and RANSAC fits a
 fundamental matrix; when both views have a camera model the matches go to
-``vpr_core.loop.relative_pose.estimate_relative_pose`` instead, which gives the relative pose
+``vpr_core.loop.pose_estimation.estimate_relative_pose`` instead, which gives the relative pose
 T_match_query (metric with depth, else up to scale or rotation only) with its covariance.
 
 Features are extracted once per keyframe (``extract_features``) and kept instead of the image, so a
@@ -19,7 +19,9 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from vpr_core.loop.relative_pose import CameraModel, RelativePose, RelativePoseConfig, estimate_relative_pose
+from vpr_core.loop.camera_model import CameraModel
+from vpr_core.loop.pose_estimation import estimate_relative_pose
+from vpr_core.loop.relative_pose import RelativePose, RelativePoseConfig
 
 __all__ = [
     "FEATURES",

@@ -16,7 +16,7 @@ pickled: arrays are `.npy` read with allow_pickle=False semantics (numeric dtype
 
 from vpr_core.mapdb.errors import MapError
 from vpr_core.mapdb.inputs import check_codes, check_descriptors
-from vpr_core.mapdb.local_features import LocalFeatures
+from vpr_core.local_features import LocalFeatures
 from vpr_core.mapdb.mapdb import MapDB
 from vpr_core.mapdb.records import PlaceRecord
 

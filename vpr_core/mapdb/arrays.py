@@ -16,7 +16,6 @@ overwritten by the next append) but never fewer.
 from __future__ import annotations
 
 import io
-import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Iterable
 
 import numpy as np
 
+from vpr_core.fsio import sync_file
 from vpr_core.mapdb.errors import MapError
 
 ROWS_PER_BLOCK = 4096
@@ -145,8 +145,7 @@ def write_new(path: Path, dtype: np.dtype, cols: int, chunks: Iterable[np.ndarra
                 rows += len(part)
         f.seek(0)
         f.write(header_bytes(dtype, rows, cols))
-        f.flush()
-        os.fsync(f.fileno())
+        sync_file(f)
     return rows, crcs
 
 
@@ -161,18 +160,15 @@ def append_rows(path: Path, header: ArrayHeader, committed_rows: int, data: np.n
         end = header.offset + committed_rows * header.row_bytes
         if header.rows != committed_rows:
             f.write(header_bytes(header.dtype, committed_rows, header.cols))
-            f.flush()
-            os.fsync(f.fileno())
+            sync_file(f)
         f.truncate(end)
         f.seek(end)
         for start in range(0, len(data), _IO_ROWS):
             f.write(np.ascontiguousarray(data[start : start + _IO_ROWS], dtype=header.dtype).data)
-        f.flush()
-        os.fsync(f.fileno())
+        sync_file(f)
         f.seek(0)
         f.write(header_bytes(header.dtype, committed_rows + len(data), header.cols))
-        f.flush()
-        os.fsync(f.fileno())
+        sync_file(f)
 
 
 def read_rows(path: Path, header: ArrayHeader, rows: int) -> np.ndarray:

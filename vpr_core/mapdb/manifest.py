@@ -14,7 +14,7 @@ from typing import Any
 
 from vpr_core.mapdb.arrays import ROWS_PER_BLOCK
 from vpr_core.mapdb.errors import MapError
-from vpr_core.mapdb.fsio import atomic_write_bytes
+from vpr_core.fsio import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 FORMAT = "vpr_ros map"

@@ -17,8 +17,6 @@ Layout (see the package docstring for the commit protocol)::
 from __future__ import annotations
 
 import os
-import shutil
-import zlib
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -26,40 +24,25 @@ import numpy as np
 
 from vpr_core.mapdb import arrays
 from vpr_core.mapdb.errors import MapError
-from vpr_core.mapdb.fsio import (
-    atomic_write_bytes,
-    exchange_paths,
-    exclusive_lock,
-    fsync_dir,
-    remove_stale_temporaries,
-    temp_name,
+from vpr_core.fsio import atomic_write_bytes, exclusive_lock, remove_stale_temporaries
+from vpr_core.mapdb.index_file import (
+    check_index_entry,
+    index_entry,
+    read_index_file,
+    remove_unreferenced_indexes,
 )
-from vpr_core.mapdb.local_features import LocalFeatures
 from vpr_core.mapdb.inputs import check_codes, check_descriptors, check_same_rows
-from vpr_core.mapdb.manifest import (
-    CODES,
-    DESC,
-    MANIFEST,
-    PLACES,
-    new_manifest,
-    now_iso,
-    read_manifest,
-    write_manifest,
+from vpr_core.local_features import LocalFeatures
+from vpr_core.mapdb.local_files import (
+    check_local_entry,
+    flat_local_arrays,
+    open_local,
+    remove_unreferenced_local,
+    write_local_arrays,
 )
-from vpr_core.mapdb.records import PlaceRecord, PlaceStore, check_record, create_store
-
-LOCAL_PARTS: dict[str, type] = {"desc": np.float16, "rel": np.float16, "pos": np.int16}
-_LOCAL_KEYS: dict[str, type] = {"patches": int, "dim": int, "count": int, "fingerprint": str, "files": dict,
-                                "checksums": dict}
-
-_INDEX_KEYS: dict[str, type] = {
-    "file": str,
-    "kind": str,
-    "params": dict,
-    "ntotal": int,
-    "bytes": int,
-    "crc32": int,
-}
+from vpr_core.mapdb.manifest import CODES, DESC, PLACES, new_manifest, now_iso, read_manifest, write_manifest
+from vpr_core.mapdb.new_map import write_new_map
+from vpr_core.mapdb.records import PlaceRecord, PlaceStore, check_record
 
 
 def _validated_rows(
@@ -89,7 +72,7 @@ class MapDB:
         self._codes_buf = codes
         self._store = store
         self._desc = self._open_desc()
-        self._local = self._open_local()
+        self._local = open_local(self.path, manifest.get("local"))
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -108,14 +91,10 @@ class MapDB:
         manifest = new_manifest(
             fingerprint=fingerprint, encoder_config=encoder_config, bits=bits, dim=dim, frame_id=frame_id
         )
-        return cls._write_new(
-            Path(path),
-            manifest,
-            np.zeros((0, bits // 8), np.uint8),
-            np.zeros((0, dim), np.float16),
-            [],
-            overwrite,
+        path = write_new_map(
+            Path(path), manifest, np.zeros((0, bits // 8), np.uint8), np.zeros((0, dim), np.float16), [], overwrite
         )
+        return cls.load(path, verify=False)
 
     @classmethod
     def build(
@@ -140,49 +119,9 @@ class MapDB:
             dim=desc.shape[1],
             frame_id=frame_id,
         )
-        return cls._write_new(Path(path), manifest, codes, desc, rows, overwrite)
+        return cls.load(write_new_map(Path(path), manifest, codes, desc, rows, overwrite), verify=False)
 
     @classmethod
-    def _write_new(
-        cls,
-        path: Path,
-        manifest: dict,
-        codes: np.ndarray,
-        desc: np.ndarray,
-        rows: list[tuple],
-        overwrite: bool,
-    ) -> "MapDB":
-        path = path.absolute()
-        if path.exists() and not overwrite:
-            raise MapError(f"{path} already exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(path.parent, f".{path.name}")
-        tmp = temp_name(path.with_name(f".{path.name}"))
-        try:
-            tmp.mkdir()
-            _, manifest["checksums"][CODES] = arrays.write_new(
-                tmp / CODES, np.dtype(np.uint8), codes.shape[1], [codes]
-            )
-            _, manifest["checksums"][DESC] = arrays.write_new(
-                tmp / DESC, np.dtype(np.float16), desc.shape[1], [desc]
-            )
-            create_store(tmp / PLACES, rows)
-            manifest["count"] = len(rows)
-            write_manifest(tmp, manifest)
-            fsync_dir(tmp)
-            if not path.exists():
-                os.rename(tmp, path)
-            elif not exchange_paths(tmp, path):  # tmp now holds the old map, removed below
-                old = temp_name(path.with_name(f".{path.name}.old"))
-                os.rename(path, old)  # a kill between these two renames leaves no map at `path`
-                os.rename(tmp, path)
-                shutil.rmtree(old)
-            fsync_dir(path.parent)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return cls.load(path, verify=False)
-
     @classmethod
     def load(
         cls, path: str | os.PathLike, *, expected_fingerprint: str | None = None, verify: bool = True
@@ -202,8 +141,8 @@ class MapDB:
         for name, dtype, cols in ((CODES, np.uint8, m["bits"] // 8), (DESC, np.float16, m["dim"])):
             headers[name] = arrays.read_header(path / name, name)
             arrays.check_layout(path / name, name, headers[name], count, cols, np.dtype(dtype))
-        cls._check_index_entry(path, m)
-        local_headers = cls._check_local_entry(path, m)
+        check_index_entry(path, m)
+        local_headers = check_local_entry(path, m)
         store = PlaceStore(path / PLACES)
         try:
             store.validate(count, integrity=verify)
@@ -214,7 +153,7 @@ class MapDB:
             if verify:
                 arrays.verify_crcs(path / DESC, DESC, headers[DESC], count, m["checksums"][DESC])
                 if m["index"] is not None:
-                    cls._read_index_file(path, m["index"])
+                    read_index_file(path, m["index"])
                 for part, header in local_headers.items():
                     entry = m["local"]
                     arrays.verify_crcs(path / entry["files"][part], entry["files"][part], header,
@@ -307,7 +246,7 @@ class MapDB:
     def read_index(self) -> np.ndarray | None:
         """The stored index's bytes (uint8, for faiss.deserialize_index_binary), checksum-verified."""
         entry = self._manifest["index"]
-        return None if entry is None else self._read_index_file(self.path, entry)
+        return None if entry is None else read_index_file(self.path, entry)
 
     # ---- writing ------------------------------------------------------------------------------
     def append(self, codes: np.ndarray, desc: np.ndarray, records: list[PlaceRecord]) -> np.ndarray:
@@ -348,53 +287,24 @@ class MapDB:
             m = self._fresh_manifest()
             name = f"index.{m['generation'] + 1}.faiss"
             atomic_write_bytes(self.path / name, blob)
-            m["index"] = {
-                "file": name,
-                "kind": kind,
-                "params": params,
-                "ntotal": ntotal,
-                "bytes": len(blob),
-                "crc32": zlib.crc32(blob),
-            }
+            m["index"] = index_entry(name, blob, kind, params, ntotal)
             self._commit(m)
-        self._remove_unreferenced_indexes()
+        remove_unreferenced_indexes(self.path, self._manifest["index"])
 
     def store_local_features(self, desc: np.ndarray, rel: np.ndarray, pos: np.ndarray, *, fingerprint: str) -> None:
         """Store the kept local patches of the first len(desc) places (desc [n, K, d], rel [n, K],
         pos [n, K, 2]; `fingerprint` names the local branch that made them) as a new generation: the
         arrays are written under new names, then the manifest commits them, then old ones go."""
-        try:
-            desc, rel, pos = (np.asarray(a) for a in (desc, rel, pos))
-            if desc.ndim != 3 or rel.shape != desc.shape[:2] or pos.shape != (*rel.shape, 2):
-                raise ValueError(f"local features disagree: desc {desc.shape}, rel {rel.shape}, pos {pos.shape} "
-                                 f"(want [n, K, d], [n, K], [n, K, 2])")
-            if not 0 < len(desc) <= self.size:
-                raise ValueError(f"local features for {len(desc)} places; the map holds {self.size}")
-            if not (np.isfinite(desc).all() and np.isfinite(rel).all()):
-                raise ValueError("local features contain NaN or inf")
-            if not isinstance(fingerprint, str) or not fingerprint:
-                raise ValueError("fingerprint must be a non-empty str (the local branch's fingerprint)")
-        except ValueError as exc:
-            raise MapError(str(exc)) from None
-        n, k, d = desc.shape
-        flat = {"desc": desc.reshape(n, k * d), "rel": rel, "pos": pos.reshape(n, 2 * k)}
+        flat = flat_local_arrays(desc, rel, pos, fingerprint, self.size)
+        n, k, d = np.shape(desc)
         with exclusive_lock(self.path):
             m = self._fresh_manifest()
-            files, sums = {}, {}
-            for part, dtype in LOCAL_PARTS.items():
-                files[part] = f"local_{part}.{m['generation'] + 1}.npy"
-                tmp = temp_name(self.path / files[part])
-                try:
-                    _, sums[part] = arrays.write_new(tmp, np.dtype(dtype), flat[part].shape[1], [flat[part]])
-                    os.replace(tmp, self.path / files[part])
-                finally:
-                    tmp.unlink(missing_ok=True)
-            fsync_dir(self.path)
+            files, sums = write_local_arrays(self.path, m["generation"] + 1, flat)
             m["local"] = {"patches": k, "dim": d, "count": n, "fingerprint": fingerprint, "files": files,
                           "checksums": sums}
             self._commit(m)
-        self._remove_unreferenced_local()
-        self._local = self._open_local()
+        remove_unreferenced_local(self.path, self._manifest.get("local"))
+        self._local = open_local(self.path, self._manifest.get("local"))
 
     def close(self) -> None:
         self._store.close()
@@ -407,51 +317,6 @@ class MapDB:
         return np.memmap(
             self.path / DESC, dtype=np.float16, mode="r", offset=header.offset, shape=(self.size, self.dim)
         )
-
-    def _open_local(self) -> LocalFeatures | None:
-        entry = self._manifest.get("local")
-        if entry is None:
-            return None
-        n, k, d = entry["count"], entry["patches"], entry["dim"]
-        maps = {}
-        for part, cols in (("desc", k * d), ("rel", k), ("pos", 2 * k)):
-            file = self.path / entry["files"][part]
-            header = arrays.read_header(file, entry["files"][part])
-            maps[part] = np.memmap(file, dtype=LOCAL_PARTS[part], mode="r", offset=header.offset, shape=(n, cols))
-        return LocalFeatures(maps["desc"].reshape(n, k, d), maps["rel"], maps["pos"].reshape(n, k, 2))
-
-    def _remove_unreferenced_local(self) -> None:
-        entry = self._manifest.get("local")
-        keep = set() if entry is None else set(entry["files"].values())
-        for f in self.path.glob("local_*.npy"):
-            if f.name not in keep:
-                f.unlink(missing_ok=True)
-        fsync_dir(self.path)
-
-    @staticmethod
-    def _check_local_entry(path: Path, m: dict[str, Any]) -> dict[str, arrays.ArrayHeader]:
-        """Headers of the local feature arrays a manifest names (none for a map without them)."""
-        entry = m.get("local")
-        if entry is None:
-            return {}
-        for key, typ in _LOCAL_KEYS.items():
-            if not isinstance(entry.get(key), typ) or (typ is int and isinstance(entry.get(key), bool)):
-                raise MapError(f"{MANIFEST} in {path}: local field {key!r} is missing or has the wrong type")
-        n, k, d = entry["count"], entry["patches"], entry["dim"]
-        if not (0 < n <= m["count"] and k > 0 and d > 0):
-            raise MapError(f"{MANIFEST} in {path}: local features of {n} places ({k} patches, {d}-D) do not fit "
-                           f"a map of {m['count']} places")
-        headers = {}
-        for part, cols in (("desc", k * d), ("rel", k), ("pos", 2 * k)):
-            name = entry["files"].get(part)
-            if not isinstance(name, str) or (path / name).name != name:
-                raise MapError(f"{MANIFEST} in {path}: local file of {part!r} is missing or not a plain name")
-            sums = entry["checksums"].get(part)
-            if not isinstance(sums, list) or len(sums) != arrays.expected_blocks(n):
-                raise MapError(f"{MANIFEST} in {path}: checksums of {name} are missing or malformed")
-            headers[part] = arrays.read_header(path / name, name)
-            arrays.check_layout(path / name, name, headers[part], n, cols, np.dtype(LOCAL_PARTS[part]))
-        return headers
 
     def _grow_codes(self, new: np.ndarray) -> None:
         """Amortised O(1) per appended row (capacity doubling): SLAM appends one keyframe at a time."""
@@ -472,7 +337,8 @@ class MapDB:
                 f"loaded {self.generation}); load it again"
             )
         remove_stale_temporaries(self.path, "")
-        self._remove_unreferenced_indexes()  # left by a writer killed between writing one and its commit
+        # Index files left by a writer killed between writing one and its commit.
+        remove_unreferenced_indexes(self.path, self._manifest["index"])
         return m
 
     def _commit(self, m: dict[str, Any]) -> None:
@@ -480,39 +346,3 @@ class MapDB:
         m["modified"] = now_iso()
         write_manifest(self.path, m)
         self._manifest = m
-
-    def _remove_unreferenced_indexes(self) -> None:
-        keep = None if self._manifest["index"] is None else self._manifest["index"]["file"]
-        for f in self.path.glob("index.*.faiss"):
-            if f.name != keep:
-                f.unlink(missing_ok=True)
-        fsync_dir(self.path)
-
-    @staticmethod
-    def _check_index_entry(path: Path, m: dict[str, Any]) -> None:
-        entry = m["index"]
-        if entry is None:
-            return
-        for key, typ in _INDEX_KEYS.items():
-            if not isinstance(entry.get(key), typ):
-                raise MapError(f"{MANIFEST} in {path}: index field {key!r} is missing or has the wrong type")
-        if not 0 < entry["ntotal"] <= m["count"]:
-            raise MapError(
-                f"{MANIFEST} in {path}: index covers {entry['ntotal']} places but the map has {m['count']}"
-            )
-        file = path / entry["file"]
-        if file.name != entry["file"] or not file.is_file():
-            raise MapError(f"index file {entry['file']} named by {MANIFEST} is missing in {path}")
-        if file.stat().st_size != entry["bytes"]:
-            raise MapError(
-                f"index file {entry['file']} has {file.stat().st_size} bytes, {MANIFEST} says {entry['bytes']}"
-            )
-
-    @staticmethod
-    def _read_index_file(path: Path, entry: dict[str, Any]) -> np.ndarray:
-        blob = (path / entry["file"]).read_bytes()
-        if len(blob) != entry["bytes"] or zlib.crc32(blob) != entry["crc32"]:
-            raise MapError(
-                f"index file {entry['file']} in {path}: checksum mismatch (file damaged or edited)"
-            )
-        return np.frombuffer(blob, np.uint8)

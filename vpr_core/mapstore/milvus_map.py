@@ -15,8 +15,6 @@ densely from its first id, so the next free id is found by counting the writer's
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from typing import Any, Iterable, Iterator, Sequence
 
@@ -27,9 +25,19 @@ from vpr_core.mapdb.inputs import check_codes, check_descriptors, check_same_row
 from vpr_core.mapdb.manifest import FORMAT
 from vpr_core.mapdb.records import PlaceRecord, check_record
 from vpr_core.mapstore.errors import MapUnavailable
+from vpr_core.mapstore.milvus_collection import (
+    CAMERA_LEN,
+    SCHEMA_VERSION,
+    SOURCE_LEN,
+    call,
+    connect,
+    create_collection,
+    disconnect,
+    load_collection,
+    read_meta,
+)
 from vpr_core.mapstore.uri import MilvusLocation, place_id, writer_range
 
-SCHEMA_VERSION = 1
 # Rows per upsert call: ~256 KB requests. pymilvus packs a vector field by appending each row to one
 # protobuf bytes value, which costs quadratically in rows per call: into a few thousand places of Milvus
 # Lite at D = 2048, 8 MB calls inserted 110-150 places/s, 256 KB calls 3500-4200 (README, "Fleet maps").
@@ -37,21 +45,8 @@ _UPSERT_BYTES = 256 << 10
 _GET_IDS = 1000  # ids per fetch call
 _QUERY_WINDOW = 16384  # Milvus' largest query result (its default queryNode.maxQueryResultWindow)
 _SIZE_TTL_S = 1.0  # how long a counted size is reused: readers see other writers' places this late
-_SOURCE_LEN, _CAMERA_LEN = 4096, 512
 _RECORD_FIELDS = ["stamp_ns", "source", "camera", "pose", "latlon"]
-# Stage-1 index: Milvus Lite implements BIN_FLAT only; a server gets an inverted-file index.
-LITE_INDEX = {"index_type": "BIN_FLAT", "params": {}}
-SERVER_INDEX = {"index_type": "BIN_IVF_FLAT", "params": {"nlist": 1024}}
 SERVER_NPROBE = 32
-_LITE_USERS: dict[str, int] = {}  # open clients per Milvus Lite file in this process
-_LITE_LOCK = threading.Lock()
-
-
-def _pymilvus():
-    """Imported on first use: pymilvus pulls in grpc and pandas (a second of start-up)."""
-    import pymilvus
-
-    return pymilvus
 
 
 class MilvusMap:
@@ -73,18 +68,18 @@ class MilvusMap:
     @classmethod
     def open(cls, location: MilvusLocation, *, expected_fingerprint: str | None = None) -> "MilvusMap":
         """An existing map; refused when its encoder is not `expected_fingerprint`."""
-        client = _connect(location)
-        if not _call(location, client.has_collection, location.collection):
+        client = connect(location)
+        if not call(location, client.has_collection, location.collection):
             raise MapError(f"{location.uri}: no collection {location.collection!r} there; publish a map with "
                            f"`vpr map push MAP_DIR {location.uri}` or build one with `vpr build-map --out "
                            f"{location.uri}`")
-        meta = _read_meta(location, client)
+        meta = read_meta(location, client)
         if expected_fingerprint is not None and meta["fingerprint"] != expected_fingerprint:
             raise MapError(
                 f"map {location.uri} was built by the encoder with fingerprint {meta['fingerprint']!r}, but the "
                 f"encoder in use has {expected_fingerprint!r}; descriptors of different encoders are not "
                 "comparable: rebuild the map or choose the encoder that built it")
-        meta["index"] = _load(location, client)
+        meta["index"] = load_collection(location, client)
         return cls(location, client, meta)
 
     @classmethod
@@ -97,20 +92,20 @@ class MilvusMap:
             raise MapError(f"bits must be a positive multiple of 8 and dim positive, got {bits}, {dim}")
         meta = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "fingerprint": fingerprint,
                 "encoder_config": encoder_config, "bits": bits, "dim": dim, "frame_id": frame_id}
-        client = _connect(location)
-        if not _call(location, client.has_collection, location.collection):
+        client = connect(location)
+        if not call(location, client.has_collection, location.collection):
             try:
-                _create_collection(location, client, meta)
+                create_collection(location, client, meta)
             except MapUnavailable:
-                if not _call(location, client.has_collection, location.collection):
+                if not call(location, client.has_collection, location.collection):
                     raise
                 # another writer created it meanwhile: join it below
-        found = _read_meta(location, client)
+        found = read_meta(location, client)
         for key in ("fingerprint", "bits", "dim", "frame_id"):
             if found[key] != meta[key]:
                 raise MapError(f"map {location.uri} exists with {key} {found[key]!r}, this build has {meta[key]!r}; "
                                "write to another collection, or use the encoder/frame that built it")
-        found["index"] = _load(location, client)
+        found["index"] = load_collection(location, client)
         return cls(location, client, found)
 
     # ---- properties (as MapDB) ----------------------------------------------------------------
@@ -198,7 +193,7 @@ class MilvusMap:
         params: dict[str, Any] = {"metric_type": "HAMMING"}
         if self._meta["index"]["kind"] == "BIN_IVF_FLAT":
             params["params"] = {"nprobe": SERVER_NPROBE}
-        hits = _call(self.location, self._client.search, self.location.collection,
+        hits = call(self.location, self._client.search, self.location.collection,
                      data=[bytes(c) for c in np.ascontiguousarray(codes, np.uint8)], anns_field="code",
                      limit=limit, search_params=params, output_fields=[])
         dist = np.full((len(codes), limit), np.iinfo(np.int32).max, np.int32)
@@ -218,7 +213,7 @@ class MilvusMap:
         pages: list[np.ndarray] = []
         last = -1
         while sum(map(len, pages)) < total:
-            got = _call(self.location, self._client.query, self.location.collection, filter=f"id > {last}",
+            got = call(self.location, self._client.query, self.location.collection, filter=f"id > {last}",
                         output_fields=["id"], limit=_QUERY_WINDOW, consistency_level="Strong")
             if not got:
                 break
@@ -270,19 +265,19 @@ class MilvusMap:
         per_call = max(1, _UPSERT_BYTES // (codes.shape[1] + 2 * desc.shape[1] + 256))
         for start in range(0, len(fields), per_call):
             batch = [{"id": int(ids[i]), "code": codes[i].tobytes(), "desc": desc[i], "stamp_ns": f[0],
-                      "source": f[1][:_SOURCE_LEN], "camera": f[2][:_CAMERA_LEN],
+                      "source": f[1][:SOURCE_LEN], "camera": f[2][:CAMERA_LEN],
                       "pose": [] if f[3] is None else list(f[3:10]), "latlon": [] if f[10] is None else list(f[10:12])}
                      for i, f in zip(range(start, start + per_call), fields[start:start + per_call])]
-            _call(self.location, self._client.upsert, self.location.collection, batch)
+            call(self.location, self._client.upsert, self.location.collection, batch)
         self._size_at = -1e18
         self.refresh_size()
 
     def close(self) -> None:
-        _disconnect(self.location, self._client)
+        disconnect(self.location, self._client)
 
     # ---- internals ----------------------------------------------------------------------------
     def _count(self, expr: str) -> int:
-        got = _call(self.location, self._client.query, self.location.collection, filter=expr,
+        got = call(self.location, self._client.query, self.location.collection, filter=expr,
                     output_fields=["count(*)"], consistency_level="Strong")
         return int(got[0]["count(*)"])
 
@@ -291,7 +286,7 @@ class MilvusMap:
         for start in range(0, len(ids), _GET_IDS):
             part = ids[start:start + _GET_IDS]
             try:
-                out.extend(_call(self.location, self._client.get, self.location.collection, ids=part,
+                out.extend(call(self.location, self._client.get, self.location.collection, ids=part,
                                  output_fields=fields))
             except MapUnavailable:
                 # Milvus Lite 2.5 fails a query whose result is empty ("Unsupported data type: 0")
@@ -302,14 +297,14 @@ class MilvusMap:
 
 def drop_map(location: MilvusLocation) -> bool:
     """Removes the collection if it exists (`vpr map push --replace`); True if there was one."""
-    client = _connect(location)
+    client = connect(location)
     try:
-        present = _call(location, client.has_collection, location.collection)
+        present = call(location, client.has_collection, location.collection)
         if present:
-            _call(location, client.drop_collection, location.collection)
+            call(location, client.drop_collection, location.collection)
         return bool(present)
     finally:
-        _disconnect(location, client)
+        disconnect(location, client)
 
 
 def _vector_bytes(value: Any) -> bytes:
@@ -322,120 +317,3 @@ def _to_record(row: dict) -> PlaceRecord:
     return PlaceRecord(stamp_ns=int(row["stamp_ns"]), source=row["source"], camera=row["camera"],
                        pose=tuple(float(v) for v in pose) if pose else None,  # type: ignore[arg-type]
                        latlon=(float(latlon[0]), float(latlon[1])) if latlon else None)
-
-
-def _connect(location: MilvusLocation) -> Any:
-    pm = _pymilvus()
-    kwargs: dict[str, Any] = {"uri": location.client_uri, "timeout": location.timeout_s}
-    if location.token:
-        kwargs["token"] = location.token
-    if location.db_name:
-        kwargs["db_name"] = location.db_name
-    try:
-        client = pm.MilvusClient(**kwargs)
-    except pm.MilvusException as exc:
-        if location.lite:
-            raise MapUnavailable(
-                f"{location.uri}: cannot open the Milvus Lite file ({exc.message}); Milvus Lite lets one process "
-                f"hold a file: serve it with `vpr map serve {location.client_uri}` and connect with "
-                f"milvus://127.0.0.1:PORT/{location.collection}") from None
-        raise MapUnavailable(f"{location.uri}: cannot reach Milvus at {location.client_uri}: {exc.message}") from None
-    if location.lite:
-        with _LITE_LOCK:
-            _LITE_USERS[location.client_uri] = _LITE_USERS.get(location.client_uri, 0) + 1
-    return client
-
-
-def _disconnect(location: MilvusLocation, client: Any) -> None:
-    """Closes a client; the last one of a Milvus Lite file also stops its engine, which pymilvus never
-    does, so that the file is free for another process (e.g. `vpr map serve`) afterwards."""
-    client.close()
-    if not location.lite:
-        return
-    with _LITE_LOCK:
-        _LITE_USERS[location.client_uri] -= 1
-        if _LITE_USERS[location.client_uri] == 0:
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_server(location.client_uri)
-
-
-def _call(location: MilvusLocation, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """One database call with the URI's timeout; a failure of the database becomes MapUnavailable."""
-    pm = _pymilvus()
-    if fn.__name__ not in ("next", "close"):
-        kwargs.setdefault("timeout", location.timeout_s)
-    try:
-        return fn(*args, **kwargs)
-    except pm.MilvusException as exc:
-        raise MapUnavailable(f"{location.uri}: {fn.__name__} failed: {exc.message}") from None
-
-
-def _create_collection(location: MilvusLocation, client: Any, meta: dict) -> None:
-    """The collection, then its indexes: the server's stage-1 index, or BIN_FLAT where the database
-    refuses it (a Milvus Lite file served over TCP by `vpr map serve` looks like a server)."""
-    _call(location, client.create_collection, location.collection, schema=_schema(client, meta))
-    for kind in (SERVER_INDEX, LITE_INDEX) if not location.lite else (LITE_INDEX,):
-        index = client.prepare_index_params()
-        index.add_index("code", metric_type="HAMMING", **kind)
-        try:
-            _call(location, client.create_index, location.collection, index)
-            break
-        except MapUnavailable as exc:
-            if "only support BIN_FLAT" not in str(exc):
-                raise
-    index = client.prepare_index_params()
-    # Milvus loads only indexed vector fields; the float field is fetched by id, never searched.
-    index.add_index("desc", index_type="FLAT", metric_type="IP")
-    _call(location, client.create_index, location.collection, index)
-
-
-def _load(location: MilvusLocation, client: Any) -> dict[str, Any]:
-    """Loads the collection for search once both indexes exist (a writer that joins a collection
-    another one is creating waits for them); returns the stage-1 index's kind and parameters."""
-    deadline = time.monotonic() + location.timeout_s
-    while set(_call(location, client.list_indexes, location.collection)) < {"code", "desc"}:
-        if time.monotonic() > deadline:
-            raise MapError(f"{location.uri}: the collection has no index on 'code' and 'desc'; it was not created "
-                           "by vpr (or its creator died): drop it or choose another name")
-        time.sleep(0.2)
-    _call(location, client.load_collection, location.collection)
-    info = _call(location, client.describe_index, location.collection, "code")
-    params = {k: v for k, v in info.items() if k not in ("index_type", "metric_type", "field_name", "index_name",
-                                                         "total_rows", "indexed_rows", "pending_index_rows", "state")}
-    return {"kind": info["index_type"], "params": params}
-
-
-def _schema(client: Any, meta: dict) -> Any:
-    pm = _pymilvus()
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=False, description=json.dumps(meta))
-    schema.add_field("id", pm.DataType.INT64, is_primary=True)
-    schema.add_field("code", pm.DataType.BINARY_VECTOR, dim=meta["bits"])
-    schema.add_field("desc", pm.DataType.FLOAT16_VECTOR, dim=meta["dim"])
-    schema.add_field("stamp_ns", pm.DataType.INT64)
-    schema.add_field("source", pm.DataType.VARCHAR, max_length=_SOURCE_LEN)
-    schema.add_field("camera", pm.DataType.VARCHAR, max_length=_CAMERA_LEN)
-    schema.add_field("pose", pm.DataType.ARRAY, element_type=pm.DataType.DOUBLE, max_capacity=7)
-    schema.add_field("latlon", pm.DataType.ARRAY, element_type=pm.DataType.DOUBLE, max_capacity=2)
-    return schema
-
-
-
-
-def _read_meta(location: MilvusLocation, client: Any) -> dict[str, Any]:
-    desc = _call(location, client.describe_collection, location.collection)
-    try:
-        meta = json.loads(desc.get("description") or "")
-    except json.JSONDecodeError:
-        meta = None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise MapError(f"{location.uri}: collection {location.collection!r} is not a {FORMAT!r} map (its "
-                       "description holds no map metadata); choose another collection name")
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise MapError(f"{location.uri}: map schema version {meta.get('schema_version')!r}, this code reads "
-                       f"{SCHEMA_VERSION}")
-    for key, typ in (("fingerprint", str), ("encoder_config", dict), ("bits", int), ("dim", int),
-                     ("frame_id", str)):
-        if not isinstance(meta.get(key), typ):
-            raise MapError(f"{location.uri}: map metadata field {key!r} is missing or has the wrong type")
-    return meta

@@ -9,12 +9,11 @@ heads' tensors and their digest, and refuses with a message naming the first pro
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import save_file
 
+from vpr_core.fsio import atomic_write, atomic_write_json
 from vpr_core.model.config import ModelConfig
 from vpr_core.model.state import WeightsError, check_state_dict, read_state_dict, tensor_digest
 from vpr_core.model.vpr_model import VPRModel, build_model
@@ -43,9 +42,8 @@ def save_checkpoint(model: VPRModel, path: str | Path) -> None:
         "backbone": {"weights": model.backbone_source, "digest": model.backbone_digest()},
         "heads": {"file": HEADS_FILE, "digest": tensor_digest(heads)},
     }
-    _atomic_write(path / HEADS_FILE, lambda tmp: save_file(heads, tmp))
-    text = json.dumps(description, indent=2, sort_keys=True) + "\n"
-    _atomic_write(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path / HEADS_FILE, lambda tmp: save_file(heads, tmp))
+    atomic_write_json(path / CONFIG_FILE, description, indent=2, sort_keys=True)
 
 
 def read_checkpoint_config(path: str | Path) -> tuple[ModelConfig, dict]:
@@ -112,16 +110,3 @@ def _checkpoint_dir(path: str | Path) -> Path:
         raise CheckpointError(f"{path} is not a model checkpoint: {CONFIG_FILE} not found there "
                               f"(a checkpoint is the directory written by save_checkpoint)")
     return path
-
-
-def _atomic_write(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

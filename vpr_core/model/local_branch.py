@@ -21,8 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,7 +31,9 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from vpr_core.mapdb.local_features import LocalFeatures
+from vpr_core.choices import TORCH
+from vpr_core.fsio import atomic_write, atomic_write_json
+from vpr_core.local_features import LocalFeatures
 from vpr_core.model.preprocess import preprocess
 from vpr_core.model.state import WeightsError, check_state_dict, read_state_dict, tensor_digest
 from vpr_core.model.vpr_model import VPRModel, pack_codes
@@ -150,7 +150,7 @@ class LocalEncoder:
     in place of a global-only encoder and still run the backbone once per frame.
     """
 
-    backend = "torch"
+    backend = TORCH
     batch_dependent = False  # the local branch reads CNN feature maps, never an InteractHead
 
     def __init__(self, model: VPRModel, branch: LocalBranch, *, max_batch: int = 16) -> None:
@@ -232,9 +232,8 @@ def save_local_branch(branch: LocalBranch, path: str | Path, *, backbone_digest:
     description = {"format": FORMAT, "version": FORMAT_VERSION, "config": asdict(branch.config),
                    "backbone_digest": backbone_digest, "weights_digest": tensor_digest(state),
                    "fingerprint": branch_fingerprint(branch), **({"extra": extra} if extra else {})}
-    _atomic(path / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
-    text = json.dumps(description, indent=2, sort_keys=True) + "\n"
-    _atomic(path / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
+    atomic_write_json(path / CONFIG_FILE, description, indent=2, sort_keys=True)
 
 
 def load_local_branch(path: str | Path, model: VPRModel | None = None) -> LocalBranch:
@@ -260,14 +259,3 @@ def load_local_branch(path: str | Path, model: VPRModel | None = None) -> LocalB
                                f"{model.backbone_digest()[:12]}...)")
         check_branch_fits(branch, model)
     return branch.eval()
-
-
-def _atomic(target: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)   # mkstemp's 0600 would keep a shared checkpoint from other users
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -44,11 +44,6 @@ class DescriptorRows(Protocol):
     def blocks(self, rows: int) -> Iterable[tuple[int, np.ndarray]]: ...
 
 
-def pack_codes(x: np.ndarray) -> np.ndarray:
-    """Binary codes of real-valued hash outputs [N, bits]: bit = (x >= 0), packed 8 per byte."""
-    return np.packbits(np.asarray(x) >= 0, axis=1)
-
-
 def choose_kind(requested: str, n: int, flat_max: int) -> str:
     if requested == "auto":
         return "flat" if n <= flat_max else "ivf"
@@ -61,12 +56,10 @@ def ivf_params(n: int, nlist: int = 0, nprobe: int = 0, pca_dim: int = 128) -> d
     """Lists ~ 4 sqrt(n) (a power of two), probing 1/128 of them (at least 16), on 128 PCA axes.
 
     Why these: a single query's cost at 1 M places is the PCA projection (a mat-vec that reads the
-    whole D x pca_dim matrix from memory: 0.24 ms for 2048 x 256, about half for 128), the centroid
-    ranking and the scan of the probed lists. Measured on the 1 M synthetic map of bench/search.py
-    (2026-12-01, one thread; float top-1 found / median ms per query): 1024 lists, 256 axes, 32 probed
-    99.4 % / 1.12; 4096 lists, 128 axes, 32 probed 99.4 % / 0.72; 2048 lists, 128 axes, 32 probed
-    98.8 %; 1024 lists, 64 axes, 48 probed 95.0 %. Finer lists let fewer codes be scanned for the
-    same agreement, and 128 axes still place a query among the right lists where 64 did not."""
+    whole D x pca_dim matrix from memory), the centroid ranking and the scan of the probed lists.
+    Finer lists let fewer codes be scanned for the same agreement with exhaustive float search, and
+    128 axes still place a query among the right lists where 64 did not (the settings tried on the
+    1 M synthetic map of bench/search.py: README, "Search")."""
     if nlist <= 0:
         nlist = max(16, 2 ** round(math.log2(max(1.0, 4 * math.sqrt(n)))))
         nlist = max(1, min(nlist, n // _MIN_TRAIN_POINTS_PER_LIST))
@@ -159,7 +152,7 @@ class IVFIndex:
         self.params = params
         self.lists.nprobe = params["nprobe"]
         # Calling the PCA and the centroid search directly saves ~60 us per single query over
-        # IndexPreTransform.search (measured here), a tenth of the per-query budget.
+        # IndexPreTransform.search, a tenth of the per-query budget.
         if isinstance(quantizer, faiss.IndexPreTransform):
             self._pca = faiss.downcast_VectorTransform(quantizer.chain.at(0))
             self._centroids = faiss.downcast_index(quantizer.index)

@@ -7,7 +7,7 @@ import math
 import faiss
 import numpy as np
 
-from vpr_core.search.searcher import TwoStageSearcher, hamming_distances
+from vpr_core.search.searcher import TwoStageSearcher
 
 
 def hamming_gaps(searcher: TwoStageSearcher, query_codes: np.ndarray, query_desc: np.ndarray) -> np.ndarray:

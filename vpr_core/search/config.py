@@ -6,9 +6,10 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from vpr_core.choices import AUTO, DEVICE_CHOICES
 from vpr_core.search.binary_index import KINDS
 
-DEVICES = ("auto", "cpu", "cuda")
+INDEX_CHOICES = (AUTO, *KINDS)
 
 
 @dataclass
@@ -60,10 +61,10 @@ class SearchConfig:
                 raise ValueError(f"SearchConfig.{f.name} must be an int, got {value!r}")
         if not isinstance(self.adaptive, bool):
             raise ValueError(f"SearchConfig.adaptive must be a bool, got {self.adaptive!r}")
-        if self.index not in ("auto",) + KINDS:
-            raise ValueError(f"SearchConfig.index must be one of {('auto',) + KINDS}, got {self.index!r}")
-        if self.device not in DEVICES:
-            raise ValueError(f"SearchConfig.device must be one of {DEVICES}, got {self.device!r}")
+        if self.index not in INDEX_CHOICES:
+            raise ValueError(f"SearchConfig.index must be one of {INDEX_CHOICES}, got {self.index!r}")
+        if self.device not in DEVICE_CHOICES:
+            raise ValueError(f"SearchConfig.device must be one of {DEVICE_CHOICES}, got {self.device!r}")
         positive = (
             "candidates",
             "min_candidates",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from vpr_core.mapdb.local_features import LocalFeatures
+from vpr_core.local_features import LocalFeatures
 from vpr_core.search.config import SearchResult
 
 __all__ = ["LocalFeatures", "LocalRerankConfig", "LocalReranker", "mutual_nn_scores", "pool_size"]

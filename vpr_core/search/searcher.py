@@ -2,9 +2,8 @@
 
 Stage 2 reads only the candidates' rows of the float16 descriptor memory map (a few hundred KB per
 query) and upcasts them with torch, whose vectorised half->float conversion is ~4x faster than
-numpy's `astype` here (measured: 150 vs 730 us for 200 x 2048). The map's descriptors are never read
-whole, so a 1 M-place map (4 GB of descriptors) costs resident memory only for its codes and the rows
-that queries touched.
+numpy's `astype` here (README, "Search"). The map's descriptors are never read whole, so a 1 M-place
+map (4 GB of descriptors) costs resident memory only for its codes and the rows that queries touched.
 
 Places added after construction (SLAM) live in RAM beside the base arrays and go into a flat tail
 index, searchable at once; a trained main index is rebuilt over everything when the tail outgrows
@@ -18,8 +17,6 @@ vpr_core/search/gpu.py); elsewhere, or with device "cpu", the code below runs un
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
-from typing import Iterator
 
 import faiss
 import numpy as np
@@ -29,81 +26,13 @@ from vpr_core.mapdb import MapDB, check_codes, check_descriptors
 from vpr_core.mapdb.inputs import check_same_rows
 from vpr_core.search import binary_index, gpu
 from vpr_core.search.config import SearchConfig, SearchResult
+from vpr_core.search.grown_rows import GrownRows
 from vpr_core.search.local_rerank import LocalFeatures, LocalReranker, LocalRerankConfig
+from vpr_core.search.search_threads import search_threads
 
 _NO_DISTANCE = np.iinfo(np.int32).max
 _FIRST_FETCH = 64  # stage-1 candidates fetched first (see _fetch_rest)
 _FLOAT_CHUNK_ROWS = 4096  # exhaustive search streams the map in blocks of this many rows (cache-sized)
-
-
-class _Rows:
-    """A base array (memory map or RAM) plus rows appended later, addressed by one id space."""
-
-    def __init__(self, base: np.ndarray, dtype: np.dtype) -> None:
-        self.base = base
-        self.extra = np.empty((0, base.shape[1]), dtype)
-        self.n_extra = 0
-
-    def __len__(self) -> int:
-        return len(self.base) + self.n_extra
-
-    def append(self, rows: np.ndarray) -> None:
-        need = self.n_extra + len(rows)
-        if need > len(self.extra):
-            grown = np.empty((max(need, 2 * len(self.extra), 256), self.extra.shape[1]), self.extra.dtype)
-            grown[: self.n_extra] = self.extra[: self.n_extra]
-            self.extra = grown
-        self.extra[self.n_extra : need] = rows
-        self.n_extra = need
-
-    def take(self, ids: np.ndarray) -> np.ndarray:
-        nb = len(self.base)
-        if self.n_extra == 0 or (len(ids) and ids.max() < nb):
-            return self.base[ids]
-        out = np.empty((len(ids), self.base.shape[1]), self.extra.dtype)
-        low = ids < nb
-        out[low] = self.base[ids[low]]
-        out[~low] = self.extra[ids[~low] - nb]
-        return out
-
-    def blocks(self, rows: int):
-        """Consecutive blocks for a full scan, each valid until the next is yielded. A memory-mapped
-        base is read with plain reads into one reused buffer: the scan then neither leaves the file
-        mapped into this process's resident memory nor pays a page fault per fresh 4 KB."""
-        nb = len(self.base)
-        if isinstance(self.base, np.memmap):
-            buf = np.empty((min(rows, nb), self.base.shape[1]), self.base.dtype)
-            with open(self.base.filename, "rb") as f:
-                f.seek(self.base.offset)
-                for start in range(0, nb, rows):
-                    n = min(rows, nb - start)
-                    f.readinto(memoryview(buf[:n]).cast("B"))
-                    yield start, buf[:n]
-        else:
-            for start in range(0, nb, rows):
-                yield start, self.base[start : start + rows]
-        for start in range(0, self.n_extra, rows):
-            yield nb + start, self.extra[start : min(self.n_extra, start + rows)]
-
-    def all(self) -> np.ndarray:
-        return self.base if self.n_extra == 0 else np.concatenate([self.base, self.extra[: self.n_extra]])
-
-
-@contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """Run a search on `n` threads and leave the process's settings as they were. Why both libraries
-    and why restore: with torch imported first, faiss shares torch's OpenMP runtime, so setting
-    faiss's thread count silently changes the encoder's; and on this 2-core machine, busy with other
-    work, the re-rank's 42 x 2048 upcast took 20 us on one thread but 4.7 ms on two (the second
-    thread waits for a core). Switching costs < 1 us."""
-    previous_torch, previous_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(n)
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous_faiss)
-        torch.set_num_threads(previous_torch)
 
 
 def _to_float32(rows: np.ndarray) -> torch.Tensor:
@@ -138,8 +67,8 @@ class TwoStageSearcher:
         self.config = config
         self.bits = codes.shape[1] * 8
         self.dim = desc.shape[1]
-        self._codes = _Rows(codes, np.dtype(np.uint8))
-        self._desc = _Rows(desc, desc.dtype if desc.dtype != np.float64 else np.dtype(np.float32))
+        self._codes = GrownRows(codes, np.dtype(np.uint8))
+        self._desc = GrownRows(desc, desc.dtype if desc.dtype != np.float64 else np.dtype(np.float32))
         self._lock = threading.Lock()
         # Optional third stage (FoL++ local re-ranking), used by searches given query local features.
         self.local: LocalReranker | None = None
@@ -255,7 +184,7 @@ class TwoStageSearcher:
         cfg = self.config
         want = min(self.size, max(k, cfg.max_candidates if cfg.adaptive else cfg.candidates))
         qd_c = np.ascontiguousarray(qd)
-        with self._lock, _threads(cfg.threads):
+        with self._lock, search_threads(cfg.threads):
             first = min(want, max(_FIRST_FETCH, 2 * k)) if cfg.adaptive else want
             dist, ids = self._stage1(qc, qd_c, first)
             if first < want:
@@ -444,3 +373,4 @@ class TwoStageSearcher:
             out.ids[i, :m] = ids[i, order]
             out.hamming[i, :m] = dist[i, order]
         return out
+

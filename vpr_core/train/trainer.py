@@ -149,6 +149,24 @@ def trainable(model: VPRModel) -> list[torch.nn.Parameter]:
     return [p for p in model.head.parameters() if p.requires_grad]
 
 
+@dataclass
+class _Optimization:
+    """What a resumed run restores besides the weights: optimiser, learning-rate schedule and the
+    generator of the random draws inside the losses and augmentation."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.StepLR
+    generator: torch.Generator
+
+
+@dataclass
+class _Progress:
+    history: list[dict]
+    start_epoch: int = 1
+    best_r1: float = -1.0
+    best_epoch: int = 0
+
+
 def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     """Trains the heads of ``cfg.preset``; returns a summary (best epoch, validation recall, times)."""
     torch.set_num_threads(cfg.threads)
@@ -163,67 +181,93 @@ def train(cfg: TrainConfig, *, resume: bool = False) -> dict:
     t0 = time.perf_counter()
     train_data, val_data = train_val_split(load_split(model, cfg, cfg.data.split), cfg)
     cache_s = time.perf_counter() - t0
-    seasons = len(cfg.data.seasons)
     optimizer = torch.optim.Adam(trainable(model), lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict] = []
-    start_epoch, best_r1, best_epoch = 1, -1.0, 0
-    if resuming:
-        state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        history = json.loads(state["history"])
-        start_epoch, best_r1, best_epoch = int(state["epoch"]) + 1, float(state["best_r1"]), int(state["best_epoch"])
-        log.info("resumed after epoch %d (best R@1 %.3f at epoch %d)", start_epoch - 1, best_r1, best_epoch)
-    images_of = train_data.places.images_of()
-    views = train_data.cache.views
+    opt = _Optimization(optimizer,
+                        torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.lr_step_epochs, gamma=cfg.lr_gamma),
+                        torch.Generator().manual_seed(cfg.seed))
+    progress = _restore(last_dir, opt) if resuming else _Progress([])
     offset = mirror_offset(train_data.places.positions, train_data.places.negative_radius)
     model.train()
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        rng = np.random.default_rng([cfg.seed, epoch])   # per epoch, so a resumed run draws what an unbroken one does
-        t_sampler = time.perf_counter()
-        batches = epoch_batches(model, train_data, cfg, rng)
-        t_train = time.perf_counter()
-        sums: dict[str, float] = {}
-        for batch in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs} ({cfg.sampler})", unit="batch"):
-            rows = np.concatenate([images_of[p] for p in batch])
-            feats = train_data.cache.batch(train_data.rows[rows], rng.integers(0, views, len(rows)))
-            row_place = train_data.places.image_place[rows]
-            positions = torch.from_numpy(train_data.places.positions[row_place])
-            if cfg.feature_augment.active:
-                feats, positions = augment_features(feats, positions, row_place, cfg.feature_augment, rng,
-                                                    offset, generator)
-            terms = train_step(model, feats, positions, train_data.places, cfg, optimizer, generator)
-            for key, value in terms.items():
-                sums[key] = sums.get(key, 0.0) + value
-        t_val = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
-        recall = validation_recall(model, val_data, seasons)
-        t_end = time.perf_counter()
-        row = {"epoch": epoch, "sampler": cfg.sampler, "lr": lr,
-               **{k: v / max(1, len(batches)) for k, v in sums.items()},
-               "val_r1": recall[1], "val_r5": recall[5], "val_r10": recall[10], "batches": len(batches),
-               "train_s": t_val - t_train, "sampler_s": t_train - t_sampler, "val_s": t_end - t_val}
-        history.append(row)
+    for epoch in range(progress.start_epoch, cfg.epochs + 1):
+        row = _run_epoch(model, train_data, val_data, cfg, epoch, opt, offset)
+        progress.history.append(row)
         log.info("epoch %d: loss %.4f, val R@1 %.3f, %.1f s training", epoch, row.get("loss", float("nan")),
-                 recall[1], row["train_s"])
-        if recall[1] > best_r1:
-            best_r1, best_epoch = recall[1], epoch
+                 row["val_r1"], row["train_s"])
+        if row["val_r1"] > progress.best_r1:
+            progress.best_r1, progress.best_epoch = row["val_r1"], epoch
             save_checkpoint(model, best_dir)
         save_checkpoint(model, last_dir)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "generator": generator.get_state(), "history": json.dumps(history), "epoch": epoch,
-                    "best_r1": best_r1, "best_epoch": best_epoch}, last_dir / STATE_FILE)
-        write_log(history, out)
-        if epoch - best_epoch >= cfg.patience:
+        _save_state(last_dir, opt, progress, epoch)
+        write_log(progress.history, out)
+        if epoch - progress.best_epoch >= cfg.patience:
             log.info("early stop: no better validation R@1 for %d epochs", cfg.patience)
             break
-    summary = {"best_epoch": best_epoch, "best_val_r1": best_r1, "epochs_run": len(history),
-               "cache_s": cache_s, "history": history, "config": cfg.to_dict()}
-    if cfg.checkpoint and best_epoch:
+    return _finish(cfg, out, best_dir, progress, cache_s)
+
+
+def _restore(last_dir: Path, opt: _Optimization) -> _Progress:
+    state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=True)
+    opt.optimizer.load_state_dict(state["optimizer"])
+    opt.scheduler.load_state_dict(state["scheduler"])
+    opt.generator.set_state(state["generator"])
+    progress = _Progress(json.loads(state["history"]), int(state["epoch"]) + 1, float(state["best_r1"]),
+                         int(state["best_epoch"]))
+    log.info("resumed after epoch %d (best R@1 %.3f at epoch %d)", progress.start_epoch - 1, progress.best_r1,
+             progress.best_epoch)
+    return progress
+
+
+def _save_state(last_dir: Path, opt: _Optimization, progress: _Progress, epoch: int) -> None:
+    torch.save({"optimizer": opt.optimizer.state_dict(), "scheduler": opt.scheduler.state_dict(),
+                "generator": opt.generator.get_state(), "history": json.dumps(progress.history), "epoch": epoch,
+                "best_r1": progress.best_r1, "best_epoch": progress.best_epoch}, last_dir / STATE_FILE)
+
+
+def _run_epoch(model: VPRModel, train_data: SplitData, val_data: SplitData, cfg: TrainConfig, epoch: int,
+               opt: _Optimization, offset: float) -> dict:
+    """Sample this epoch's batches, train on them, step the learning rate and validate; returns the
+    epoch's log row."""
+    rng = np.random.default_rng([cfg.seed, epoch])   # per epoch, so a resumed run draws what an unbroken one does
+    t_sampler = time.perf_counter()
+    batches = epoch_batches(model, train_data, cfg, rng)
+    t_train = time.perf_counter()
+    sums = _train_batches(model, train_data, batches, cfg, epoch, opt, rng, offset)
+    t_val = time.perf_counter()
+    lr = opt.optimizer.param_groups[0]["lr"]
+    opt.scheduler.step()
+    recall = validation_recall(model, val_data, len(cfg.data.seasons))
+    t_end = time.perf_counter()
+    return {"epoch": epoch, "sampler": cfg.sampler, "lr": lr,
+            **{k: v / max(1, len(batches)) for k, v in sums.items()},
+            "val_r1": recall[1], "val_r5": recall[5], "val_r10": recall[10], "batches": len(batches),
+            "train_s": t_val - t_train, "sampler_s": t_train - t_sampler, "val_s": t_end - t_val}
+
+
+def _train_batches(model: VPRModel, train_data: SplitData, batches: list[np.ndarray], cfg: TrainConfig, epoch: int,
+                   opt: _Optimization, rng: np.random.Generator, offset: float) -> dict[str, float]:
+    """One optimiser step per batch of places; returns each loss term summed over the batches."""
+    images_of = train_data.places.images_of()
+    views = train_data.cache.views
+    sums: dict[str, float] = {}
+    for batch in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs} ({cfg.sampler})", unit="batch"):
+        rows = np.concatenate([images_of[p] for p in batch])
+        feats = train_data.cache.batch(train_data.rows[rows], rng.integers(0, views, len(rows)))
+        row_place = train_data.places.image_place[rows]
+        positions = torch.from_numpy(train_data.places.positions[row_place])
+        if cfg.feature_augment.active:
+            feats, positions = augment_features(feats, positions, row_place, cfg.feature_augment, rng,
+                                                offset, opt.generator)
+        terms = train_step(model, feats, positions, train_data.places, cfg, opt.optimizer, opt.generator)
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value
+    return sums
+
+
+def _finish(cfg: TrainConfig, out: Path, best_dir: Path, progress: _Progress, cache_s: float) -> dict:
+    """The run's summary (also written as summary.json), with the best heads copied to ``cfg.checkpoint``."""
+    summary = {"best_epoch": progress.best_epoch, "best_val_r1": progress.best_r1, "epochs_run": len(progress.history),
+               "cache_s": cache_s, "history": progress.history, "config": cfg.to_dict()}
+    if cfg.checkpoint and progress.best_epoch:
         Path(cfg.checkpoint).mkdir(parents=True, exist_ok=True)
         for name in (HEADS_FILE, CONFIG_FILE):   # config.json last, as save_checkpoint writes them
             shutil.copyfile(best_dir / name, Path(cfg.checkpoint) / name)

@@ -1,7 +1,8 @@
 """Kept local patches of places or queries (FoL++): what a map stores per place for local re-ranking.
 
-Why here: the map database stores and memory-maps them, the search stage reads them; both share this
-one container, and the database does not depend on the search package.
+Why a module of its own at the top: the model's local branch makes them, the map database stores and
+memory-maps them, the search stage reads them; all three share this one container without depending
+on each other.
 """
 
 from __future__ import annotations

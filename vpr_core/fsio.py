@@ -1,8 +1,13 @@
-"""File-system primitives that make map writes atomic and appends crash-safe.
+"""Durable file operations: atomic replacement, crash leftovers, and the one advisory lock.
 
-A rename is the only operation POSIX makes atomic, so every commit in the map database ends with one
-(`os.replace` of a fully written and fsynced temporary); everything written before a commit is
-invisible to readers until the rename lands.
+A rename is the only operation POSIX makes atomic, so every file the package commits (a map's
+manifest, a checkpoint, an ONNX graph, a TensorRT engine, a result file) is written to a temporary
+beside it, fsynced, and renamed over the old one; a reader sees the old or the new content, never a
+mix, and a kill leaves at most a temporary that `remove_stale_temporaries` recognises by its pid.
+
+Every committed file gets the mode `FILE_MODE` (0o644), whatever the umask or the temporary's own
+mode: a map, checkpoint or engine cache is shared between users and processes (the node runs as
+another user than the one who built its map), and one of them unreadable to the others breaks them.
 """
 
 from __future__ import annotations
@@ -10,14 +15,16 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Any, Callable, Iterator
 
 TMP_MARK = ".tmp-"
 LOCK_NAME = ".lock"
+FILE_MODE = 0o644
 
 
 def fsync_dir(path: Path) -> None:
@@ -29,23 +36,46 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def sync_file(f: IO) -> None:
+    """Push what was written to the open file `f` through Python's buffer and the page cache to the
+    disk, so that a commit made after it never points at data a crash can lose."""
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def temp_name(path: Path) -> Path:
     """A sibling name unique to this process; stale ones are recognised by the pid they carry."""
     return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a reader sees the old or the new content, never a mix."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Replace `path` with what `write` puts at the temporary path it is given, so that a reader sees
+    the old or the new content, never a mix. A path rather than a handle because savers such as
+    `safetensors.torch.save_file` and `torch.save` open the file themselves."""
+    path = Path(path)
     tmp = temp_name(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        with open(tmp, "rb") as f:
+            sync_file(f)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, payload: Any, **dumps_options: Any) -> None:
+    """`payload` as JSON (`json.dumps` with `dumps_options`) and a final newline."""
+    atomic_write_text(path, json.dumps(payload, **dumps_options) + "\n")
 
 
 _RENAME_EXCHANGE = 2
@@ -95,13 +125,17 @@ def remove_stale_temporaries(directory: Path, prefix: str) -> None:
 
 
 @contextmanager
-def exclusive_lock(directory: Path) -> Iterator[None]:
-    """Serialise writers of one map (across processes); readers never take it."""
+def exclusive_lock(directory: Path, name: str = LOCK_NAME, what: str = "map") -> Iterator[None]:
+    """Serialise the writers of what `directory` holds across processes, on the lock file `name` in
+    it (readers never take it); `what` names the directory in the refusal of a read-only one.
+
+    flock, not a lock file that exists or not: the kernel drops it when its holder dies, so a killed
+    writer never leaves a lock behind."""
     try:
-        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(directory / name, os.O_RDWR | os.O_CREAT, FILE_MODE)
     except OSError as exc:
         if exc.errno in (errno.EROFS, errno.EACCES):
-            raise PermissionError(f"map {directory} is read-only: cannot write to it") from exc
+            raise PermissionError(f"{what} {directory} is read-only: cannot write to it") from exc
         raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
