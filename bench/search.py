@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
 from vpr_core.mapdb import MapDB, MapError, PlaceRecord  # noqa: E402
 from vpr_core.search import SearchConfig, TwoStageSearcher  # noqa: E402
+from vpr_core.search.config import INDEX_CHOICES  # noqa: E402
 from vpr_core.search import synthetic  # noqa: E402
 from vpr_core.sequence_filter import SequenceFilter, SequenceFilterConfig, compile_kernels  # noqa: E402
 
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         default=max(1, os.cpu_count() or 1),
         help="torch threads for generating data",
     )
-    p.add_argument("--index", default="auto", choices=["auto", "flat", "ivf", "hnsw"])
+    p.add_argument("--index", default="auto", choices=INDEX_CHOICES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, help="where maps are built (default: a temporary directory)")
     p.add_argument(

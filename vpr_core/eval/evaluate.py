@@ -35,7 +35,7 @@ from vpr_core.eval.report import save_examples
 from vpr_core.eval.timed_search import latency_summary, search_each
 from vpr_core.search import SearchConfig, SearchResult, TwoStageSearcher
 from vpr_core.search.local_rerank import LocalFeatures, LocalReranker, LocalRerankConfig
-from vpr_core.search.binary_index import KINDS as INDEX_KINDS
+from vpr_core.search.config import INDEX_CHOICES
 from vpr_core.eval import sequence as seq
 from vpr_core.eval.sequence import RouteSearch
 from vpr_core.sequence_filter import SequenceFilterConfig
@@ -304,7 +304,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layout", help="reader of the data set when the spec does not name one "
                         "(vpr_bench, vpr_benchmark, seasons); detected from the folders otherwise")
     add_encoder_arguments(parser)
-    parser.add_argument("--index", default="auto", choices=("auto",) + INDEX_KINDS,
+    parser.add_argument("--index", default="auto", choices=INDEX_CHOICES,
                         help="binary index of the two-stage search (auto: flat for small maps)")
     parser.add_argument("--max-candidates", type=int, default=SearchConfig.max_candidates,
                         help="largest re-rank pool of the two-stage search")

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from vpr_core.train.config import load_train_config
+from vpr_core.train.config import SAMPLERS, load_train_config
 from vpr_core.train.trainer import train
 from vpr_core.cli import run_module
 
@@ -20,7 +20,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last if it exists")
     parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
     parser.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
-    parser.add_argument("--sampler", choices=("random", "sage"), default=None, help="override the batch sampler")
+    parser.add_argument("--sampler", choices=SAMPLERS, default=None, help="override the batch sampler")
     parser.add_argument("--out-dir", default=None, help="override where logs, curves and run checkpoints go")
     parser.add_argument("--checkpoint", default=None,
                         help="override where the best heads are written ('none': not written)")
