@@ -88,13 +88,4 @@ fi
 "$repo/scripts/install_ros2_tools.sh" "$venv"
 "$repo/scripts/build_msgs.sh" "$venv"
 "$repo/scripts/build_workspace.sh" "$venv"
-
-# The sequence filter's kernels compiled into numba's cache (beside vpr_core/sequence_kernels.py), so
-# that a node's or a tool's first use loads them instead of compiling (about 5 s of CPU each time).
-kernels_stamp="$(cat "$stamp_dir/pip" "$repo/vpr_core/sequence_kernels.py" 2>/dev/null | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp_dir/kernels" 2>/dev/null)" != "$kernels_stamp" ]; then
-  say "compiling the sequence filter's kernels (numba cache)"
-  (cd "$repo" && "$vpy" -c "from vpr_core.sequence_filter import compile_kernels; compile_kernels()") \
-    || { say "compiling the sequence filter's kernels failed (see above)"; exit 1; }
-  echo "$kernels_stamp" > "$stamp_dir/kernels"
-fi
+"$repo/scripts/compile_kernels.sh" "$venv"
