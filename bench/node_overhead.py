@@ -38,7 +38,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import Image  # noqa: E402
 
 from vpr_core.build_map import BuildConfig, build_map  # noqa: E402
-from vpr_core.cli_options import SHIPPED_CHECKPOINT  # noqa: E402
+from vpr_core.cli_options import NORDLAND_CHECKPOINT  # noqa: E402
 from vpr_core.data import open_dataset  # noqa: E402
 from vpr_core.engine import EncoderConfig, create_encoder  # noqa: E402
 from vpr_ros.msg import PlaceMatchArray  # noqa: E402
@@ -62,7 +62,7 @@ def bare_worker(seconds: float, backend: str) -> int:
     """Child process: the bare encoder rate, printed as one number."""
     dataset = open_dataset(f"vpr_bench:{DATA / 'corridor'}")
     images = [f.rgb for f in list(dataset.queries)[:30]]
-    encoder = create_encoder(EncoderConfig(checkpoint=str(SHIPPED_CHECKPOINT), backend=backend))
+    encoder = create_encoder(EncoderConfig(checkpoint=str(NORDLAND_CHECKPOINT), backend=backend))
     rate, _ = bare_encoder_rate(encoder, images, seconds)
     print(f"{rate:.3f}", flush=True)
     return 0
@@ -160,7 +160,7 @@ def main() -> int:
 
     dataset = open_dataset(f"vpr_bench:{DATA / 'corridor'}")
     images = [f.rgb for f in list(dataset.queries)[:30]]
-    encoder = create_encoder(EncoderConfig(checkpoint=str(SHIPPED_CHECKPOINT), backend=args.backend))
+    encoder = create_encoder(EncoderConfig(checkpoint=str(NORDLAND_CHECKPOINT), backend=args.backend))
     with tempfile.TemporaryDirectory() as tmp:
         map_dir = Path(tmp) / "map"
         build_map(dataset.database, map_dir, encoder, BuildConfig())

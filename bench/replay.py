@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from vpr_core.build_map import BuildConfig, build_map  # noqa: E402
-from vpr_core.cli_options import SHIPPED_CHECKPOINT  # noqa: E402
+from vpr_core.cli_options import NORDLAND_CHECKPOINT  # noqa: E402
 from vpr_core.data import open_dataset, open_source  # noqa: E402
 from vpr_core.data.bag_writer import ImageStream, stamps_at, write_bag  # noqa: E402
 from vpr_core.engine import EncoderConfig, create_encoder  # noqa: E402
@@ -47,7 +47,7 @@ def main() -> int:
     if args.camera_size:
         width, height = (int(v) for v in args.camera_size.lower().split("x"))
         frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames]
-    encoder_config = EncoderConfig(checkpoint=str(SHIPPED_CHECKPOINT), backend=args.backend)
+    encoder_config = EncoderConfig(checkpoint=str(NORDLAND_CHECKPOINT), backend=args.backend)
     encoder = create_encoder(encoder_config)
     with tempfile.TemporaryDirectory() as tmp:
         bag = write_bag(Path(tmp) / "camera", [ImageStream("/camera/image_raw", frames,

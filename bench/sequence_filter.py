@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vpr_core.cli_options import SHIPPED_CHECKPOINT  # noqa: E402
+from vpr_core.cli_options import NORDLAND_CHECKPOINT  # noqa: E402
 from vpr_core.engine import EncoderConfig, create_encoder  # noqa: E402
 from vpr_core.eval import sequence as seq  # noqa: E402
 from vpr_core.eval.sequence import RouteSearch  # noqa: E402
@@ -65,7 +65,7 @@ GRID = {
 
 
 def routes(specs: dict[str, str]) -> dict[str, RouteSearch]:
-    encoder = create_encoder(EncoderConfig(checkpoint=str(SHIPPED_CHECKPOINT), backend="onnxruntime"))
+    encoder = create_encoder(EncoderConfig(checkpoint=str(NORDLAND_CHECKPOINT), backend="onnxruntime"))
     return {label: route_search(spec, encoder, SEARCH_K, CACHE) for label, spec in specs.items()}
 
 
@@ -109,7 +109,7 @@ def tune(route: RouteSearch) -> None:
 
 
 def report(all_routes: dict[str, RouteSearch], config: SequenceFilterConfig) -> None:
-    print(f"date {time.strftime('%Y-%m-%d')}; model {SHIPPED_CHECKPOINT.name} (ONNX Runtime); filter {config}")
+    print(f"date {time.strftime('%Y-%m-%d')}; model {NORDLAND_CHECKPOINT.name} (ONNX Runtime); filter {config}")
     print("| sequence | frames | map places | single-frame R@1 | filtered R@1 | ratio | stop/reverse/skip: single / "
           "filtered R@1 | single: precision / accepted | filtered: precision / accepted | frames to converge | "
           "frames to recover from a kidnapping | offline smoothing R@1 |")

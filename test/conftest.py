@@ -113,13 +113,13 @@ def python_process(args: list[str], env: dict[str, str], **kwargs) -> subprocess
 
 
 @pytest.fixture(scope="module")
-def shipped_encoder(module_torch_threads):
-    """The node's default model (the shipped heads) on torch, one thread: what the localizer tests
-    run frames through."""
+def default_encoder(module_torch_threads):
+    """The node's default model (checkpoints/lite0-fused) on torch, one thread: what the localizer
+    tests run frames through."""
+    from vpr_core.cli_options import DEFAULT_CHECKPOINT
     from vpr_core.engine import EncoderConfig, create_encoder
 
-    return create_encoder(EncoderConfig(checkpoint=str(REPO / "checkpoints" / "lite0-nordland"), backend="torch",
-                                        threads=1))
+    return create_encoder(EncoderConfig(checkpoint=str(DEFAULT_CHECKPOINT), backend="torch", threads=1))
 
 
 # The modules that start ROS nodes, launch files, colcon or other processes, or export, quantize or
@@ -128,8 +128,8 @@ def shipped_encoder(module_torch_threads):
 # the rest, so that the parallel workers do not end waiting on one long module.
 SLOW_MODULES = ("test_ros2_launch", "test_localize_node", "test_replay", "test_int8", "test_milvus_node",
                 "test_engine", "test_build_map", "test_node_parameters", "test_demo",
-                "test_localizer_filter", "test_milvus_fleet", "test_node_qos", "test_milvus_map", "test_model_lite0",
-                "test_slam_continuity", "test_damaged_bags", "test_local_engines", "test_train", "test_mapdb_crash",
+                "test_localizer_filter", "test_milvus_fleet", "test_node_qos", "test_milvus_map", "test_model_efficientnet_lite",
+                "test_train_route", "test_slam_continuity", "test_damaged_bags", "test_local_engines", "test_train", "test_mapdb_crash",
                 "test_cli")
 
 

@@ -21,4 +21,4 @@ def test_demo_ends_with_recall_latency_and_the_report(ros_env, data_dir, tmp_pat
     correct = sum("correct" in line for line in lines)
     assert abs(recall - correct / answered) < 1e-3
     assert (tmp_path / "corridor" / "examples.png").stat().st_size > 10_000
-    assert (tmp_path / "corridor" / "map-lite0-nordland" / "manifest.json").is_file()
+    assert (tmp_path / "corridor" / "map-lite0-fused" / "manifest.json").is_file()

@@ -145,7 +145,8 @@ def test_the_node_localizes_with_model_precision_int8(setup, ros_env, tmp_path, 
     build_map(list(dataset.database)[:places], tmp_path / "map", setup["int8"], BuildConfig())
     queries = [data_dir / "corridor" / "query" / f.name for f in list(dataset.queries)[:places]]
     node = python_process(["-m", "vpr_ros.localize_node", "--ros-args", "-p", "qos:=reliable",
-                           "-p", f"map.path:={tmp_path / 'map'}", "-p", "model.precision:=int8",
+                           "-p", f"map.path:={tmp_path / 'map'}", "-p", f"model.checkpoint:={CHECKPOINT}",
+                           "-p", "model.precision:=int8",
                            "-p", f"model.calibration:={setup['calibration']}", "-p", "model.threads:=2",
                            "-p", f"model.engine_cache_dir:={setup['cache']}",
                            "-p", "image_topics:=['/cam/image_raw']"], ros_env)

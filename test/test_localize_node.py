@@ -21,14 +21,15 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from conftest import REPO, python_process
 from vpr_core.build_map import BuildConfig, build_map
+from vpr_core.cli_options import DEFAULT_CHECKPOINT
 from vpr_core.data import Frame, open_dataset, open_source
 from vpr_core.engine import EncoderConfig, create_encoder
 from vpr_core.localizer import Localizer, LocalizerConfig
 from vpr_ros.msg import PlaceMatchArray
 
 PLACES = 40
-# The node's default model (the shipped lite0 heads); the node gets it from its parameter default.
-ENCODER = EncoderConfig(checkpoint=str(REPO / "checkpoints" / "lite0-nordland"), backend="torch")
+# The node's default model; the node gets it from its parameter default.
+ENCODER = EncoderConfig(checkpoint=str(DEFAULT_CHECKPOINT), backend="torch")
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from frame_sources import FirstFrames
+from vpr_core.adapt import AdaptConfig
 from vpr_core.build_map import BuildConfig, build_map
 from vpr_core.data import open_dataset
 from vpr_core.engine import EncoderConfig, create_encoder
@@ -30,7 +31,7 @@ def corridor(data_dir, tmp_path_factory, module_torch_threads):
     dataset = open_dataset(f"vpr_bench:{data_dir / 'corridor'}")
     encoder = create_encoder(EncoderConfig(preset="lite0", backend="torch", threads=1))
     root = tmp_path_factory.mktemp("milvus")
-    directory = build_map(dataset.database, root / "map", encoder, BuildConfig())
+    directory = build_map(dataset.database, root / "map", encoder, BuildConfig(adapt=AdaptConfig(method="none")))
     uri = f"milvus-lite:{root / 'maps.db'}/corridor"
     push(root / "map", uri).close()
     queries = list(islice(dataset.queries, QUERIES))

@@ -19,6 +19,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from conftest import REPO, python_process
 from vpr_core.build_map import BuildConfig, build_map
+from vpr_core.cli_options import DEFAULT_CHECKPOINT
 from vpr_core.data import Frame, open_dataset, open_source
 from vpr_core.data.bag_writer import ImageStream, stamps_at, write_bag
 from vpr_core.engine import EncoderConfig, create_encoder
@@ -28,7 +29,7 @@ from vpr_ros.msg import PlaceMatchArray
 
 PLACES, QUERIES, LATE = 40, 20, 6
 TOPIC = "/camera/image_raw"
-ENCODER = EncoderConfig(checkpoint=str(REPO / "checkpoints" / "lite0-nordland"), backend="onnxruntime")
+ENCODER = EncoderConfig(checkpoint=str(DEFAULT_CHECKPOINT), backend="onnxruntime")
 RELIABLE = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 START_NS = 1_700_000_000 * 1_000_000_000
 

@@ -73,7 +73,7 @@ def _offline(bags, encoder, sequence_filter: bool) -> dict[int, dict]:
     return {f.stamp_ns: json.loads(json.dumps(result_record(r))) for f in frames for r in localizer.process([f])}
 
 
-def test_replay_writes_json_lines_and_a_bag_of_our_messages(bags, shipped_encoder):
+def test_replay_writes_json_lines_and_a_bag_of_our_messages(bags, default_encoder):
     """Every frame's record equals the offline pipeline's on the same frame."""
     out = bags["root"] / "replay.jsonl"
     out_bag = bags["root"] / "results"
@@ -81,7 +81,7 @@ def test_replay_writes_json_lines_and_a_bag_of_our_messages(bags, shipped_encode
          "--out-bag", str(out_bag))
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == FRAMES and all(r["camera"] == TOPIC for r in records)
-    offline = _offline(bags, shipped_encoder, sequence_filter=False)
+    offline = _offline(bags, default_encoder, sequence_filter=False)
     assert [r["stamp_ns"] for r in records] == list(offline)
     for record in records:
         expected = offline[record["stamp_ns"]]
@@ -114,7 +114,7 @@ def _node_answers(bags, ros_env, sequence_filter: bool) -> dict[int, dict]:
 
 
 @pytest.mark.parametrize("sequence_filter", [False, True], ids=["single-frame", "sequence-filter"])
-def test_replay_equals_the_node_on_the_same_bag(bags, ros_env, shipped_encoder, sequence_filter):
+def test_replay_equals_the_node_on_the_same_bag(bags, ros_env, default_encoder, sequence_filter):
     """The node's answer to every frame equals `vpr replay`'s. In lock-step the node sees the frames
     the replay sees, in the same order, so the sequence filter's belief is the same too; `vpr replay
     --filter` itself equals the offline filter over the whole bag."""
@@ -123,7 +123,7 @@ def test_replay_equals_the_node_on_the_same_bag(bags, ros_env, shipped_encoder, 
          *(["--filter"] if sequence_filter else []))
     offline = {r["stamp_ns"]: r for r in map(json.loads, out.read_text().splitlines())}
     if sequence_filter:
-        whole = _offline(bags, shipped_encoder, sequence_filter=True)
+        whole = _offline(bags, default_encoder, sequence_filter=True)
         assert [r["matches"][0]["place_id"] for r in offline.values()] == \
             [r["matches"][0]["place_id"] for r in whole.values()]
         np.testing.assert_allclose([r["probability"] for r in offline.values()],

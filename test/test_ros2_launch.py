@@ -27,6 +27,7 @@ from sensor_msgs.msg import Image
 
 from conftest import REPO
 from vpr_core.build_map import BuildConfig, build_map
+from vpr_core.cli_options import DEFAULT_CHECKPOINT
 from vpr_core.data import open_dataset, open_source
 from vpr_core.data.bag_writer import CameraInfoStream, ImageStream, PoseStream, stamps_at, write_bag
 from vpr_core.engine import EncoderConfig, create_encoder
@@ -141,8 +142,7 @@ def posed_corridor(data_dir, tmp_path_factory):
     odom = np.stack([place_pose((t - START_NS) * 2e-9) for t in odom_stamps])
     map_bag = write_bag(root / "mapping", [ImageStream("/camera/image_raw", refs, image_stamps),
                                            PoseStream("/odom", odom, odom_stamps, frame_id="map")])
-    encoder = create_encoder(EncoderConfig(checkpoint=str(REPO / "checkpoints" / "lite0-nordland"),
-                                           backend="onnxruntime"))
+    encoder = create_encoder(EncoderConfig(checkpoint=str(DEFAULT_CHECKPOINT), backend="onnxruntime"))
     build_map(open_source(f"rosbag:{map_bag}"), root / "map", encoder, BuildConfig())
     queries = [f.rgb for f in list(dataset.queries)[:QUERIES]]
     query_bag = write_bag(root / "queries", [ImageStream("/camera/image_raw", queries,

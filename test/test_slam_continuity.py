@@ -35,23 +35,23 @@ def _slam(encoder, path, **kwargs) -> Localizer:
     return Localizer(LocalizerConfig(mode="slam", slam_map_path=str(path), keyframe=EVERY_FRAME, **kwargs), encoder)
 
 
-def test_a_restart_continues_the_slam_map_and_a_fresh_start_keeps_it_aside(shipped_encoder, images, tmp_path):
+def test_a_restart_continues_the_slam_map_and_a_fresh_start_keeps_it_aside(default_encoder, images, tmp_path):
     path = tmp_path / "slam"
-    first = _slam(shipped_encoder, path)
+    first = _slam(default_encoder, path)
     assert [r.keyframe_id for r in first.process(_frames(images[:3], 0))] == [0, 1, 2]
     first.slam_map.close()
 
-    second = _slam(shipped_encoder, path)
+    second = _slam(default_encoder, path)
     results = second.process(_frames(images[3:5], 100))
     assert [r.keyframe_id for r in results] == [3, 4]                        # ids are never reused
     assert {r.session_id for r in results} == {second.session_id} != {first.session_id}
     assert second.keyframe_count == 5 and list(tmp_path.iterdir()) == [path]  # nothing renamed aside
     second.slam_map.close()
-    reloaded = MapDB.load(path, expected_fingerprint=shipped_encoder.fingerprint, verify=True)
+    reloaded = MapDB.load(path, expected_fingerprint=default_encoder.fingerprint, verify=True)
     assert [r.source for r in reloaded.records(range(5))] == ["frame0", "frame1", "frame2", "frame100", "frame101"]
     reloaded.close()
 
-    fresh = _slam(shipped_encoder, path, slam_fresh_start=True)
+    fresh = _slam(default_encoder, path, slam_fresh_start=True)
     aside = [p for p in tmp_path.iterdir() if p != path]
     assert len(aside) == 1 and aside[0].name.startswith("slam.") and not path.exists()
     assert [r.keyframe_id for r in fresh.process(_frames(images[5:], 200))] == [0]
@@ -63,19 +63,19 @@ def test_a_restart_continues_the_slam_map_and_a_fresh_start_keeps_it_aside(shipp
     assert len([p for p in tmp_path.iterdir() if p != path]) == 2 and fresh.keyframe_count == 0
 
 
-def test_a_slam_map_of_another_encoder_is_refused_with_the_way_out(shipped_encoder, tmp_path):
+def test_a_slam_map_of_another_encoder_is_refused_with_the_way_out(default_encoder, tmp_path):
     path = tmp_path / "slam"
-    MapDB.create(path, fingerprint="another-encoder", encoder_config={}, bits=shipped_encoder.bits,
-                 dim=shipped_encoder.dim).close()
+    MapDB.create(path, fingerprint="another-encoder", encoder_config={}, bits=default_encoder.bits,
+                 dim=default_encoder.dim).close()
     with pytest.raises(MapError, match="cannot be continued.*slam.fresh_start") as caught:
-        _slam(shipped_encoder, path)
+        _slam(default_encoder, path)
     assert "\n" not in str(caught.value)
     assert (path / "manifest.json").is_file()                              # refused, nothing moved
 
 
-def test_keyframes_that_cannot_be_written_are_reported_and_frames_go_on(shipped_encoder, images, tmp_path):
+def test_keyframes_that_cannot_be_written_are_reported_and_frames_go_on(default_encoder, images, tmp_path):
     path = tmp_path / "slam"
-    localizer = _slam(shipped_encoder, path)
+    localizer = _slam(default_encoder, path)
     assert [r.keyframe_id for r in localizer.process(_frames(images[:2], 0))] == [0, 1]
     # A failing write as root too (chmod is no obstacle to root): the codes file becomes a directory.
     (path / "codes.npy").rename(tmp_path / "codes.npy")

@@ -4,6 +4,11 @@ Frames are encoded in batches; keyframes are chosen by the same selector as the 
 places are appended to the map in chunks, each append committed atomically, so a build that is
 stopped resumes where it stopped (frames come in capture order; the last place's source name marks
 the spot).
+
+Map adaptation (vpr_core.adapt): frames are stored as the encoder gives them while the build runs;
+after the last frame, a map without an adaptation gets one fitted on its own descriptors and is
+rewritten adapted as a whole (the old or the new map, never a mix). A resumed adapted map gives its
+new places the stored adaptation; it is not refitted. A Milvus collection stores no adaptation.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ import numpy as np
 from tqdm import tqdm
 
 from vpr_core import poses
+from vpr_core.adapt import AdaptConfig, fit_adaptation
 from vpr_core.cli import run_module
-from vpr_core.cli_options import add_encoder_arguments, add_keyframe_arguments, encoder_config, keyframe_config
+from vpr_core.cli_options import (add_adapt_arguments, add_encoder_arguments, add_keyframe_arguments, adapt_config,
+                                  encoder_config, keyframe_config)
 from vpr_core.data import DataError, Frame, FrameSource, open_source
 from vpr_core.data.images import ImageFiles
 from vpr_core.engine import Encoder, create_encoder
@@ -53,6 +60,9 @@ class BuildConfig:
     # "skip": an unreadable or refused input (damaged file, bad message) is left out, warned about and
     # listed in the skip report; "stop": the build stops at it (DataError naming the input).
     on_error: str = "skip"
+    # Fitted on the map after its last frame; None: AdaptConfig()'s for a map directory, none for a
+    # Milvus collection (which cannot store one).
+    adapt: AdaptConfig | None = None
 
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR:
@@ -92,6 +102,49 @@ def _open_or_create(out: str | Path, encoder: Encoder, config: BuildConfig) -> P
                         bits=encoder.bits, dim=encoder.dim, frame_id=config.frame_id)
 
 
+def _adapt_config(out: str | Path, config: BuildConfig) -> AdaptConfig:
+    if not is_milvus_uri(str(out)):
+        return config.adapt or AdaptConfig()
+    if config.adapt is not None and config.adapt.enabled:
+        raise ValueError(f"{out} is a Milvus collection, which cannot store a map adaptation "
+                         f"({config.adapt.method}); use --adapt none, or build a map directory")
+    if config.adapt is None:
+        log.info("map %s: a Milvus collection stores raw encoder outputs (no map adaptation)", out)
+    return AdaptConfig(method="none")
+
+
+def _append(mapdb: PlaceMap, pending: tuple[list, list, list]) -> None:
+    """Appends the pending places, adapted like the map's stored rows (if it has an adaptation)."""
+    codes, desc = np.stack(pending[0]), np.stack(pending[1])
+    if mapdb.adaptation is not None:
+        codes, desc = mapdb.adaptation.apply(codes, desc)
+    mapdb.append(codes, desc, pending[2])
+
+
+def _adapt(out: str | Path, mapdb: PlaceMap, config: AdaptConfig, appended: int) -> PlaceMap:
+    """The map adapted as ``config`` asks, once: a map adapted before keeps its adaptation."""
+    stored = mapdb.adaptation
+    if stored is not None:
+        if appended:
+            log.info("map %s: %d new places adapted with the map's stored %s adaptation (fitted on %d places; "
+                     "not refitted)", out, appended, stored.method, stored.places)
+        if stored.method != config.method:
+            log.warning("map %s keeps its %s adaptation (asked: %s); rebuild the map to change it",
+                        out, stored.method, config.method)
+        return mapdb
+    if not config.enabled or not isinstance(mapdb, MapDB):
+        return mapdb
+    if mapdb.size < 2:
+        log.info("map %s: %d place(s), too few to fit a map adaptation; stored as the encoder gives them",
+                 out, mapdb.size)
+        return mapdb
+    adaptation = fit_adaptation(mapdb.desc, mapdb.bits, config, mapdb.fingerprint)
+    mapdb = mapdb.adapt(adaptation)
+    log.info("map %s: %s adaptation fitted on %d places (%d components, %d code bits) and applied",
+             out, adaptation.method, adaptation.places, adaptation.components, adaptation.bits_used)
+    return mapdb
+
+
 def _time_s(frame: Frame) -> float:
     """Capture time; frames without stamps (image folders) count one second per frame."""
     return frame.stamp_ns * 1e-9 if frame.stamp_ns is not None else float(frame.index)
@@ -111,9 +164,12 @@ def _remaining(frames: Iterator[Frame], mapdb: PlaceMap, selector: KeyframeSelec
     last, stored = resume_after[0], np.asarray(resume_after[1], dtype=np.float32)
     for frame in frames:
         if frame.name == last.source:
-            if float(encoder.encode([frame.rgb])[1][0] @ stored) < 0.99:  # float16 storage, not identity
+            codes, desc = encoder.encode([frame.rgb])
+            # The selector saw the encoder's descriptor; the map stores it adapted, if it has an adaptation.
+            same = desc if mapdb.adaptation is None else mapdb.adaptation.apply(codes, desc)[1]
+            if float(same[0] @ stored) < 0.99:  # float16 storage, not identity
                 break
-            selector.accept(_time_s(frame), stored, frame.pose)
+            selector.accept(_time_s(frame), desc[0], frame.pose)
             yield from frames
             return
     raise ValueError(f"cannot resume: the map's last place {last.source!r} is not among the source's frames "
@@ -170,6 +226,7 @@ def _report_skipped(out: str | Path, source: FrameSource, skipped: list[SkippedI
 
 def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: BuildConfig = BuildConfig()) -> PlaceMap:
     """A map directory, or (with a milvus:// or milvus-lite: URI) a writer's places in a collection."""
+    adapt = _adapt_config(out, config)
     mapdb = _open_or_create(out, encoder, config)
     selector = KeyframeSelector(config.keyframe)
     skipped: list[SkippedInput] = []
@@ -186,12 +243,13 @@ def build_map(source: FrameSource, out: str | Path, encoder: Encoder, config: Bu
                     pending[1].append(d)
                     pending[2].append(_record(frame, extrinsic))
             if len(pending[2]) >= config.commit_every:
-                mapdb.append(np.stack(pending[0]), np.stack(pending[1]), pending[2])
+                _append(mapdb, pending)
                 pending = ([], [], [])
             bar.update(len(batch))
             bar.set_postfix(places=mapdb.size + len(pending[2]))
     if pending[2]:
-        mapdb.append(np.stack(pending[0]), np.stack(pending[1]), pending[2])
+        _append(mapdb, pending)
+    mapdb = _adapt(out, mapdb, adapt, mapdb.size - done_before)
     # Training an IVF/HNSW index over a large map takes a minute; doing it here once means the node
     # and replay start on the stored index instead of training it at every start.
     if open_searcher(mapdb, config.search).save_index(mapdb):
@@ -222,6 +280,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="an unreadable or refused image (damaged, truncated, too small or too large): skip it "
                              f"with a warning and list it in {SKIP_REPORT} in the map directory (default), or stop "
                              "the build there (exit 2)")
+    add_adapt_arguments(parser, None, f"default: {AdaptConfig.method}; a Milvus collection stores none")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -230,9 +289,12 @@ def run(args: argparse.Namespace) -> int:
     config = BuildConfig(keyframe=keyframe_config(args),
                          batch_size=args.batch_size, frame_id=args.frame_id, resume=not args.no_resume,
                          base_to_camera=tuple(args.base_to_camera),
-                         search=SearchConfig(index=args.index), on_error=args.on_error)
+                         search=SearchConfig(index=args.index), on_error=args.on_error,
+                         adapt=adapt_config(args) if args.adapt else
+                         None if is_milvus_uri(args.out) else adapt_config(args, AdaptConfig.method))
     mapdb = build_map(open_source(args.source), args.out, create_encoder(encoder_config(args)), config)
-    print(f"{args.out}: {mapdb.size} places, {mapdb.bits}-bit codes, {mapdb.dim}-D descriptors")
+    adapted = "" if mapdb.adaptation is None else f", adapted ({mapdb.adaptation.method})"
+    print(f"{args.out}: {mapdb.size} places, {mapdb.bits}-bit codes, {mapdb.dim}-D descriptors{adapted}")
     return 0
 
 

@@ -28,6 +28,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vpr_core.train.command", "train the heads on cached backbone features (SelaVPR++ losses, SAGE batches)"),
     "add-local": ("vpr_core.add_local", "store FoL++ local features in an existing map (local re-ranking)"),
     "train-local": ("vpr_core.train.local_train", "train the FoL++ local branch on cached backbone features"),
+    "select": ("vpr_core.eval.select_default", "score candidate models on every real set (Corridor, rtabmap_loop retrieval + loops, Nordland val) and pick the default by the cross-domain rule"),
+    "fuse": ("vpr_core.fuse", "a trained mix checkpoint plus a frozen GeM branch as one fused checkpoint (the default model)"),
+    "import": ("vpr_core.import_released", "a released SelaVPR++ or SAGE training checkpoint + official DINOv2 weights as a checkpoint directory"),
     "map": ("vpr_core.mapstore.command", "push/pull a map between a directory and a Milvus collection, info, serve a Milvus Lite file"),
 }
 

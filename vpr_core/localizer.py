@@ -312,6 +312,10 @@ class Localizer:
         k = min(max(wanted, sequence.top_k) if sequence.enabled else wanted, self.searcher.size)
         if k == 0:
             return
+        # The prebuilt map's rows are adapted (whitened, ITQ codes): the queries must be too. The slam
+        # map and loop closure keep the encoder's own outputs (the caller's arrays are not changed).
+        if self.map.adaptation is not None:
+            codes, desc = self.map.adaptation.apply(codes, desc)
         found = self.searcher.search(codes, desc, k, query_local=local)
         for row, r in enumerate(results):
             if local is not None:

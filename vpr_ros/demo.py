@@ -1,6 +1,6 @@
 """The README's demo: a real map, the real node, real frames replayed as ROS messages, and the score.
 
-1. builds a map with the shipped heads (checkpoints/lite0-nordland) from the reference frames
+1. builds a map with the default model (checkpoints/lite0-fused) from the reference frames
    of a data set (resumed when it is already there), 2. writes the query frames into a rosbag2 (mcap) at a camera rate,
 3. starts the vpr_localizer node with `ros2 launch vpr_ros localize.launch.py` (the colcon install
 that `make setup` builds) and the bag player, as separate processes, 4. listens to the node's
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=tuple(DATASETS), default="corridor")
     parser.add_argument("--queries", type=int, default=0, help="number of query frames (0: all)")
     parser.add_argument("--rate", type=float, default=4.0, help="camera rate of the replayed bag, Hz")
-    parser.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "lite0-nordland"),
+    parser.add_argument("--checkpoint", default=str(REPO / "checkpoints" / "lite0-fused"),
                         help="head checkpoint directory ('' for the untrained heads of --preset)")
     parser.add_argument("--preset", default="lite0", help="model preset used when --checkpoint is ''")
     parser.add_argument("--backend", default="auto")

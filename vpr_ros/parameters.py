@@ -138,10 +138,11 @@ SPECS: tuple[Spec, ...] = (
          "localization: match against the prebuilt map (read-only). slam: build a map of keyframes and "
          "detect loop closures. both: do both.", one_of(MODES)),
     Spec("model.preset", "lite0", "Model preset used when model.checkpoint is empty."),
-    Spec("model.checkpoint", "checkpoints/lite0-nordland",
+    Spec("model.checkpoint", "checkpoints/lite0-fused",
          "Head checkpoint directory (safetensors + JSON); empty uses model.preset. A relative path is looked "
-         "up in the working directory, then the installed package share and the source tree (the shipped "
-         "lite0 heads trained on Nordland)."),
+         "up in the working directory, then the installed package share and the source tree. The default "
+         "fuses frozen Lite0 GeM with the Nordland-trained heads; checkpoints/lite0-nordland alone suits "
+         "routes driven again along the same track."),
     Spec("model.backbone_weights", "",
          "Local path of the backbone weights; empty uses the weights shipped with the preset's package."),
     Spec("model.backend", "auto", f"Inference backend: {spoken(BACKEND_CHOICES)}.", one_of(BACKEND_CHOICES)),
@@ -255,7 +256,7 @@ SPECS: tuple[Spec, ...] = (
          at_least(0)),
     Spec("loop.exclude_recent_seconds", 10.0, "Seconds before the query that never count as a loop.",
          at_least(0.0)),
-    Spec("loop.min_score", 0.65, "Cosine score a loop candidate needs. Chosen for the shipped heads on the "
+    Spec("loop.min_score", 0.83, "Cosine score a loop candidate needs. Chosen for the default model on the "
          "Nordland-tiny development section: the lowest 0.01 step above its every false closure (README).",
          COSINE, dynamic=True),
     Spec("loop.min_departure", 0.35,

@@ -5,6 +5,8 @@ shows what the binary first stage costs in recall and what it saves in latency o
 descriptors. With ``--local`` (a local branch checkpoint) a third method, two-stage plus FoL++ local
 re-ranking, is evaluated on the same descriptors (one backbone pass gives global and local outputs),
 with the candidates it re-ranked, its added latency and the local bytes per place.
+With ``adapt`` (vpr_core.adapt) the map adaptation that ``vpr build-map`` stores is fitted on the
+database's descriptors (no labels) and applied to database and queries, as a map and its node would.
 Usable as a function (``evaluate``) and as ``vpr eval``.
 """
 
@@ -22,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from vpr_core.cli_options import add_encoder_arguments, encoder_config
+from vpr_core.adapt import AdaptConfig, fit_adaptation
+from vpr_core.cli_options import add_adapt_arguments, add_encoder_arguments, adapt_config, encoder_config
 from vpr_core.data import DataError, EvalDataset, get_reader, parse_spec
 from vpr_core.engine import BackendUnavailable, Encoder, ExportError, create_encoder
 from vpr_core.model.local_branch import CONFIG_FILE as LOCAL_CONFIG_FILE
@@ -60,6 +63,7 @@ def evaluate(
     local_config: LocalRerankConfig = LocalRerankConfig(),
     sequence: SequenceFilterConfig | None = None,
     smooth: bool = False,
+    adapt: AdaptConfig | None = None,
 ) -> dict[str, Any]:
     """Encode database and queries, search with both methods, and compute Recall@N and latencies.
 
@@ -75,12 +79,18 @@ def evaluate(
     then local re-ranking with ``local_config``) is added. With ``sequence`` (an enabled filter
     config) the queries are also taken as one route in their order: ``results["sequence"]`` holds
     per-frame R@1 of the two-stage top-1, of the causal sequence filter and, with ``smooth``, of
-    offline smoothing (every frame counts, warm-up included; see sequence_summary).
+    offline smoothing (every frame counts, warm-up included; see sequence_summary). With an enabled
+    ``adapt``, every method searches the adapted outputs (``results["adaptation"]`` says which).
     """
     kept_ns = recall_ns(ns, dataset)
     shown_k = min(kept_ns, key=lambda n: (abs(n - NODE_TOP_K), n))
     db = _Encoded(*encode_source_with_local(dataset.database, local or encoder, "database"))
     queries = _Encoded(*encode_source_with_local(dataset.queries, local or encoder, "queries"))
+    adaptation = None
+    if adapt is not None and adapt.enabled:
+        adaptation = fit_adaptation(db.desc, encoder.bits, adapt, encoder.fingerprint)
+        for part in (db, queries):
+            part.codes, part.desc = adaptation.apply(part.codes, part.desc)
     searches = _method_searches(db, queries, search_config, local, local_config)
     measured = _measure_methods(searches, dataset, len(queries.desc), kept_ns, shown_k)
     if local is not None:
@@ -89,6 +99,8 @@ def evaluate(
     if sequence is not None and sequence.enabled:
         route = _route_search(dataset, searches["two_stage"], len(queries.desc), sequence)
     results = _results_payload(dataset, encoder, local, search_config, kept_ns, shown_k, db, queries, measured)
+    results["adaptation"] = None if adaptation is None else {k: v for k, v in adaptation.summary().items()
+                                                             if k in ("method", "components", "bits_used", "places")}
     if route is not None:
         results["sequence"] = sequence_summary(route, sequence, smooth)
     if out_dir is not None:
@@ -313,6 +325,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (default: out/eval/<data set name>)")
     parser.add_argument("--examples", type=int, default=8,
                         help="example queries drawn in examples.png (0: no picture)")
+    add_adapt_arguments(parser, AdaptConfig.method, f"default {AdaptConfig.method}, as vpr build-map: fitted on the "
+                        "database")
     route = parser.add_argument_group("sequence filter (the queries taken as one route, in their order)")
     route.add_argument("--filter", action="store_true",
                        help="also report per-frame R@1 of the causal sequence filter (defaults of filter.*)")
@@ -344,8 +358,13 @@ def run(args: argparse.Namespace) -> int:
     out_dir = args.out if args.out is not None else default_out_dir(dataset)
     results = evaluate(dataset, encoder, search_config, ns=args.ns, out_dir=out_dir, examples=args.examples,
                        local=local, local_config=local_config,
-                       sequence=SequenceFilterConfig(enabled=True) if args.filter else None, smooth=args.smooth)
+                       sequence=SequenceFilterConfig(enabled=True) if args.filter else None, smooth=args.smooth,
+                       adapt=adapt_config(args))
     print(format_table(results))
+    if results["adaptation"] is not None:
+        a = results["adaptation"]
+        print(f"map adaptation {a['method']}: fitted on {a['places']} database places, {a['components']} components, "
+              f"{a['bits_used']} code bits")
     print(f"results: {out_dir / RESULTS_FILE}")
     if "examples" in results:
         print(f"examples: {out_dir / EXAMPLES_FILE}")

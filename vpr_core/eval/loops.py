@@ -12,6 +12,10 @@ Two layouts are sequences:
 - any evaluation data set (e.g. ``seasons:nordland_tiny?split=test``) read as its database frames
   followed by its query frames, so query i truly closes with the database frames it should retrieve.
 Frames get stamps ``i / rate_hz`` since image folders carry none.
+
+With ``adapt`` the map adaptation of ``vpr build-map`` is fitted on the sequence's own frames (no
+labels; as for a map built from the same route) and applied to every frame. The node's loop closure
+searches its slam keyframes with the encoder's own outputs, so the default (none) is what it does.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from vpr_core.cli_options import add_encoder_arguments, encoder_config
+from vpr_core.adapt import AdaptConfig, fit_adaptation
+from vpr_core.cli_options import add_adapt_arguments, add_encoder_arguments, adapt_config, encoder_config
 from vpr_core.engine import BackendUnavailable, Encoder, create_encoder
 from vpr_core.eval.loop_metrics import OperatingPoint, judge, summarize, sweep_thresholds
 from vpr_core.eval.loop_report import format_summary, plot_curves, write_curve_csv
@@ -100,10 +105,17 @@ def evaluate_loops(
     out_dir: Path | None = None,
     steps: int = 100,
     rate_hz: float = 1.0,
+    adapt: AdaptConfig | None = None,
 ) -> dict[str, Any]:
-    """Encode the sequence and evaluate its loop closures (see ``evaluate_encoded``)."""
+    """Encode the sequence and evaluate its loop closures (see ``evaluate_encoded``); an enabled
+    ``adapt`` is fitted on the sequence's frames and applied to all of them first."""
     codes, desc = encode_sequence(sequence, encoder)
-    return evaluate_encoded(sequence, codes, desc, config, describe_encoder(encoder),
+    info = describe_encoder(encoder)
+    if adapt is not None and adapt.enabled:
+        adaptation = fit_adaptation(desc, encoder.bits, adapt, encoder.fingerprint)
+        codes, desc = adaptation.apply(codes, desc)
+        info["adaptation"] = {k: adaptation.summary()[k] for k in ("method", "components", "bits_used", "places")}
+    return evaluate_encoded(sequence, codes, desc, config, info,
                             out_dir=out_dir, steps=steps, rate_hz=rate_hz, contrast=sequence_contrast(sequence))
 
 
@@ -190,6 +202,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         note = "; also the threshold the summary reports at" if name == "min_score" else ""
         loop.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
                           help=f"LoopConfig.{name} (default {value}){note}")
+    add_adapt_arguments(parser, "none", "default none, as the node's loop closure; else fitted on the sequence's "
+                        "own frames, like a map of the same route")
     parser.add_argument("--rate-hz", type=float, default=1.0, help="frame rate that gives frames their stamps")
     parser.add_argument("--steps", type=int, default=100, help="most thresholds in the sweep")
     parser.add_argument("--out", type=Path, help="output folder (default: out/eval_loops/<sequence name>)")
@@ -209,7 +223,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"vpr eval-loops: error: {err}", file=sys.stderr)
         return 2
     out_dir = args.out if args.out is not None else default_out_dir(sequence)
-    results = evaluate_loops(sequence, encoder, config, out_dir=out_dir, steps=args.steps, rate_hz=args.rate_hz)
+    results = evaluate_loops(sequence, encoder, config, out_dir=out_dir, steps=args.steps, rate_hz=args.rate_hz,
+                             adapt=adapt_config(args))
     print(format_summary(results))
     print(f"curve: {out_dir / CURVE_PNG}, {out_dir / CURVE_CSV}; results: {out_dir / RESULTS_FILE}")
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from vpr_core.adapt import AdaptConfig, fit_adaptation
 from vpr_core.data import get_reader
 from vpr_core.engine import Encoder
 from vpr_core.eval.encoding import encode_source
@@ -32,23 +33,30 @@ from vpr_core.search import SearchConfig, TwoStageSearcher
 
 
 def route_search(spec: str, encoder: Encoder, k: int, cache_dir: Path | None = None,
-                 search_config: SearchConfig | None = None) -> RouteSearch:
-    """Encodes map and queries of ``spec`` and searches every query alone (the node's pattern).
+                 search_config: SearchConfig | None = None, adapt: AdaptConfig | None = None) -> RouteSearch:
+    """Encodes map and queries of ``spec`` and searches every query alone (the node's pattern);
+    an enabled ``adapt`` is fitted on the map's descriptors and applied to map and queries, as a map
+    built with it and the node searching it would.
 
-    The result is cached under ``cache_dir`` by spec, k and encoder fingerprint, so the tables of
-    several filter settings and sequence variants cost one encoding.
+    The result is cached under ``cache_dir`` by spec, k, encoder fingerprint, search and adaptation
+    settings, so the tables of several filter settings and sequence variants cost one encoding.
     """
     search_config = search_config or SearchConfig()
-    key = hashlib.sha1(f"{spec}|{k}|{encoder.fingerprint}|{search_config}".encode()).hexdigest()[:16]
+    adapt = adapt if adapt is not None and adapt.enabled else None
+    key = hashlib.sha1(f"{spec}|{k}|{encoder.fingerprint}|{search_config}|{adapt}".encode()).hexdigest()[:16]
     cache = Path(cache_dir) / f"route_{key}.npz" if cache_dir is not None else None
     if cache is not None and cache.is_file():
         z = np.load(cache, allow_pickle=False)
         positives = np.split(z["pos_values"], z["pos_splits"])
         return RouteSearch(str(z["name"]), int(z["map_size"]), z["ids"], z["scores"], z["contrast"], positives)
-    name, database, queries, positives = _open_route(spec)
+    name, database, queries, positives = open_route(spec)
     db_codes, db_desc, _ = encode_source(database, encoder, "map")
     q_codes, q_desc, _ = encode_source(queries, encoder, "queries")
     contrast = np.asarray([image_contrast(f.rgb) for f in queries], dtype=np.float32)
+    if adapt is not None:
+        adaptation = fit_adaptation(db_desc, encoder.bits, adapt, encoder.fingerprint)
+        db_codes, db_desc = adaptation.apply(db_codes, db_desc)
+        q_codes, q_desc = adaptation.apply(q_codes, q_desc)
     searcher = TwoStageSearcher(db_codes, db_desc, search_config)
     k = min(k, len(db_desc))
     ids = np.full((len(q_desc), k), -1, dtype=np.int64)
@@ -66,7 +74,7 @@ def route_search(spec: str, encoder: Encoder, k: int, cache_dir: Path | None = N
     return result
 
 
-def _open_route(spec: str):
+def open_route(spec: str):
     path = Path(spec)
     if path.is_dir() and (path / PAIRS_FILE).is_file():
         frames = get_reader("folder").open_source(path / "images")

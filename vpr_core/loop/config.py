@@ -61,15 +61,15 @@ class LoopConfig:
 
     Defaults: the recent-past exclusion, min_score, min_departure, consistency and min_inliers equal
     the node's parameter file (``config/localize.yaml``). min_contrast (above the black tunnel frames)
-    and min_departure are chosen on the Nordland-tiny development section; min_score on its
-    validation slice, for the shipped heads (README, "Loop closure").
+    and min_departure are chosen on the Nordland-tiny development section, min_score on the same
+    section for the default model, checkpoints/lite0-fused (README, "Loop closure").
     """
 
     min_contrast: float = 0.03
     exclude_recent_frames: int = 20
     exclude_recent_seconds: float = 10.0
     exclude_recent_distance_m: float = 2.0
-    min_score: float = 0.65
+    min_score: float = 0.83
     ratio_max: float = 0.9
     min_departure: float = 0.35
     neighbourhood: int = 3

@@ -76,6 +76,7 @@ def new_manifest(
         "frame_id": frame_id,
         "checksums": {"algorithm": "crc32", "rows_per_block": ROWS_PER_BLOCK, CODES: [], DESC: []},
         "index": None,
+        "adaptation": None,
     }
 
 

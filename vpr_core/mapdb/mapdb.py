@@ -12,6 +12,9 @@ Layout (see the package docstring for the commit protocol)::
                          optional FoL++ local features of the first `local.count` places: the K kept
                          patches per place as float16 descriptors [n, K*d], float16 reliabilities
                          [n, K] and int16 (row, column) positions [n, 2K]; maps without them load as before
+    adaptation.safetensors
+                         optional map adaptation (vpr_core.adapt: whitening, ITQ code) that the stored
+                         rows were written with and queries must be given; maps without it load as before
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from vpr_core.adapt import MapAdaptation
 from vpr_core.mapdb import arrays
+from vpr_core.mapdb.adaptation_file import ADAPTATION, adaptation_entry, read_adaptation
 from vpr_core.mapdb.errors import MapError
 from vpr_core.fsio import atomic_write_bytes, exclusive_lock, remove_stale_temporaries
 from vpr_core.mapdb.index_file import (
@@ -41,7 +46,7 @@ from vpr_core.mapdb.local_files import (
     write_local_arrays,
 )
 from vpr_core.mapdb.manifest import CODES, DESC, PLACES, new_manifest, now_iso, read_manifest, write_manifest
-from vpr_core.mapdb.new_map import write_new_map
+from vpr_core.mapdb.new_map import rewrite_map, write_new_map
 from vpr_core.mapdb.records import PlaceRecord, PlaceStore, check_record
 
 
@@ -66,11 +71,13 @@ def _validated_rows(
 class MapDB:
     """An open map. Create one with `create`, `build` or `load`; `append` adds places crash-safely."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], codes: np.ndarray, store: PlaceStore) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], codes: np.ndarray, store: PlaceStore,
+                 adaptation: MapAdaptation | None = None) -> None:
         self.path = path
         self._manifest = manifest
         self._codes_buf = codes
         self._store = store
+        self._adaptation = adaptation
         self._desc = self._open_desc()
         self._local = open_local(self.path, manifest.get("local"))
 
@@ -122,7 +129,6 @@ class MapDB:
         return cls.load(write_new_map(Path(path), manifest, codes, desc, rows, overwrite), verify=False)
 
     @classmethod
-    @classmethod
     def load(
         cls, path: str | os.PathLike, *, expected_fingerprint: str | None = None, verify: bool = True
     ) -> "MapDB":
@@ -143,6 +149,7 @@ class MapDB:
             arrays.check_layout(path / name, name, headers[name], count, cols, np.dtype(dtype))
         check_index_entry(path, m)
         local_headers = check_local_entry(path, m)
+        adaptation = read_adaptation(path, m)
         store = PlaceStore(path / PLACES)
         try:
             store.validate(count, integrity=verify)
@@ -161,7 +168,7 @@ class MapDB:
         except BaseException:
             store.close()
             raise
-        return cls(path, m, codes, store)
+        return cls(path, m, codes, store, adaptation)
 
     # ---- properties ---------------------------------------------------------------------------
     @property
@@ -225,6 +232,11 @@ class MapDB:
     def local_features(self) -> LocalFeatures | None:
         """The stored local features (memory-mapped) of the first `local_info["count"]` places, or None."""
         return self._local
+
+    @property
+    def adaptation(self) -> MapAdaptation | None:
+        """The adaptation the stored rows were written with (queries must be given it too), or None."""
+        return self._adaptation
 
     def __repr__(self) -> str:
         return (
@@ -305,6 +317,33 @@ class MapDB:
             self._commit(m)
         remove_unreferenced_local(self.path, self._manifest.get("local"))
         self._local = open_local(self.path, self._manifest.get("local"))
+
+    def adapt(self, adaptation: MapAdaptation, chunk_rows: int = 16_384) -> "MapDB":
+        """Rewrites this map with every row adapted and the adaptation stored (a complete new map
+        replaces the old one, see ``rewrite_map``); the search index is dropped (it indexed the old
+        codes) and the places and local features are kept. Returns the new map; this object is closed.
+        """
+        if self._adaptation is not None:
+            raise MapError(f"map {self.path} is already adapted ({self._adaptation.method}); rebuild it to change that")
+        if adaptation.base_fingerprint != self.fingerprint or (adaptation.dim, adaptation.bits) != (self.dim, self.bits):
+            raise MapError(f"the adaptation was fitted for encoder {adaptation.base_fingerprint!r} "
+                           f"({adaptation.dim}-D, {adaptation.bits} bits), not for map {self.path}")
+        blob = adaptation.to_bytes()
+
+        def adapted(part: int):
+            for start in range(0, self.size, chunk_rows):
+                yield adaptation.apply(self.codes[start : start + chunk_rows],
+                                       np.asarray(self.desc[start : start + chunk_rows]))[part]
+
+        with exclusive_lock(self.path):
+            m = self._fresh_manifest()
+            m["generation"] += 1
+            m["modified"] = now_iso()
+            m["index"] = None
+            m["adaptation"] = adaptation_entry(adaptation, blob)
+            rewrite_map(self.path, m, adapted(0), adapted(1), {ADAPTATION: blob})
+        self.close()
+        return MapDB.load(self.path, expected_fingerprint=self.fingerprint, verify=False)
 
     def close(self) -> None:
         self._store.close()

@@ -15,6 +15,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from vpr_core.adapt import MapAdaptation
 from vpr_core.mapdb import MapDB, MapError, PlaceRecord
 from vpr_core.mapstore.errors import MapUnavailable
 from vpr_core.mapstore.uri import is_milvus_uri, parse_milvus_uri
@@ -43,6 +44,8 @@ class PlaceMap(Protocol):
     def encoder_config(self) -> dict: ...
     @property
     def local_info(self) -> dict | None: ...
+    @property
+    def adaptation(self) -> MapAdaptation | None: ...
 
     def records(self, ids: Sequence[int] | np.ndarray) -> list[PlaceRecord]: ...
     def append(self, codes: np.ndarray, desc: np.ndarray, records: list[PlaceRecord]) -> np.ndarray: ...

@@ -153,6 +153,11 @@ class MilvusMap:
         return None
 
     @property
+    def adaptation(self) -> None:
+        """Map adaptations are not stored in collections (a collection holds raw encoder outputs)."""
+        return None
+
+    @property
     def path(self) -> str:
         return self.location.uri
 

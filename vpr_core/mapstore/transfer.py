@@ -27,6 +27,9 @@ def push(directory: str | os.PathLike, uri: str, *, replace: bool = False) -> Mi
     location = parse_milvus_uri(uri)
     source = MapDB.load(directory)
     try:
+        if source.adaptation is not None:
+            raise MapError(f"map {directory} is adapted ({source.adaptation.method}), which a Milvus collection "
+                           "cannot store; rebuild it with `vpr build-map --adapt none` to push it")
         if replace:
             drop_map(location)
         target = MilvusMap.create(location, fingerprint=source.fingerprint, encoder_config=source.encoder_config,

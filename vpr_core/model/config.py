@@ -25,7 +25,7 @@ TF_LITE_STD = (128.0 / 255.0,) * 3
 
 HEAD_TYPES = ("selavpr", "sage", "cnn")
 # Config sections newer than the first checkpoints; see ModelConfig.fingerprint.
-LATER_SECTIONS = ("mix",)
+LATER_SECTIONS = ("mix", "fusion")
 AGGREGATIONS = ("gem", "softp", "mix")
 
 
@@ -92,6 +92,20 @@ class MixConfig:
 
 
 @dataclass(frozen=True)
+class FusionConfig:
+    """A frozen GeM branch beside trained mix branches, its float descriptor concatenated with theirs.
+
+    Trained mix heads gain where their training route repeats its viewpoint and lose elsewhere;
+    the untrained GeM branch (an isometry of the frozen backbone's GeM feature) does no harm
+    anywhere. The float descriptor is normalize([sqrt(w) g, sqrt(1 - w) m]) for unit g (GeM) and m
+    (mix), so its cosine is w cos_g + (1 - w) cos_m; the code stays the mix hash branch's. ``dim``
+    is then the mix float width plus the backbone map's channels.
+    """
+
+    gem_weight: float
+
+
+@dataclass(frozen=True)
 class InteractConfig:
     """SAGE's InteractHead: a transformer encoder whose attention runs across the images of a batch."""
 
@@ -115,6 +129,7 @@ class ModelConfig:
     side: SideConfig | None = None             # SelaVPR++ adapters (ViT backbones)
     softp: SoftPConfig | None = None
     mix: MixConfig | None = None
+    fusion: FusionConfig | None = None         # cnn + mix only: a frozen GeM branch in the float descriptor
     recalib_blocks: int = 0                    # SAGE: last blocks followed by a dynamic power norm
     interact: InteractConfig | None = None
     cnn_tap: str | None = None                 # CNN backbones: which feature map the heads read
@@ -158,8 +173,15 @@ class ModelConfig:
             m = self.mix
             if min(m.proj_dim, m.depth, m.rows) < 1 or m.mlp_ratio <= 0 or not 0.0 <= m.dropout < 1.0:
                 raise bad(f"mix needs proj_dim, depth, rows >= 1, mlp_ratio > 0 and dropout in [0, 1); got {m}")
-            if self.dim % m.rows or self.bits % m.rows:
+            if (self.fusion is None and self.dim % m.rows) or self.bits % m.rows:
                 raise bad(f"mix.rows {m.rows} must divide both dim {self.dim} and bits {self.bits}")
+        if self.fusion is not None:
+            if self.head != "cnn" or self.aggregation != "mix":
+                raise bad(f"fusion adds a GeM branch to head 'cnn' with aggregation 'mix'; got head {self.head!r}, "
+                          f"aggregation {self.aggregation!r} (drop the fusion section)")
+            if not 0.0 < self.fusion.gem_weight < 1.0:
+                raise bad(f"fusion.gem_weight must be in (0, 1) (the GeM share of the cosine); "
+                          f"got {self.fusion.gem_weight}")
         if self.head == "selavpr" and self.side is None:
             raise bad("head 'selavpr' needs a side section (the adapter layout)")
         if self.head == "cnn" and not self.cnn_tap:
@@ -189,7 +211,7 @@ class ModelConfig:
             raise ValueError(f"model config lacks field(s) {missing}")
         values = dict(data)
         for key, sub in (("side", SideConfig), ("softp", SoftPConfig), ("mix", MixConfig),
-                         ("interact", InteractConfig)):
+                         ("fusion", FusionConfig), ("interact", InteractConfig)):
             if values.get(key) is not None:
                 values[key] = _sub_from_dict(sub, values[key], key)
         try:
@@ -204,7 +226,7 @@ class ModelConfig:
     def fingerprint(self) -> str:
         """sha256 of every field, weights digest included: equal iff descriptors are interchangeable.
 
-        Sections added to the config later (``mix``) are left out while unset, so that checkpoints
+        Sections added to the config later (``mix``, ``fusion``) are left out while unset, so that checkpoints
         and maps written before they existed keep their fingerprints and still load.
         """
         fields = self.to_dict()
@@ -223,6 +245,19 @@ def _sub_from_dict(cls, data: Any, key: str):
     if unknown:
         raise ValueError(f"model config field {key!r} has unknown entries {unknown}")
     return cls(**data)
+
+
+def _lite_gem(preset: str, backbone: str) -> ModelConfig:
+    """A larger EfficientNet-Lite laid out as ``lite0``: GeM branches on the 1280-channel head map.
+
+    Input 240x320 as Lite0, not scaled to the variants' native ImageNet resolutions (Lite1 240,
+    Lite2 260): on two validation ranges of the Nordland development section, 260x347 moved the
+    frozen-GeM Recall@1 up on one range and down on the other for both variants (means within a few
+    queries of each other), so it did not earn its 1.17x pixels; one size for all three also lets
+    them be compared, and their frames be decoded and resized, alike.
+    """
+    return ModelConfig(preset=preset, backbone=backbone, image_size=(240, 320), bits=512, dim=1280,
+                       mean=TF_LITE_MEAN, std=TF_LITE_STD, head="cnn", cnn_tap="head")
 
 
 def _presets() -> dict[str, ModelConfig]:
@@ -248,11 +283,19 @@ def _presets() -> dict[str, ModelConfig]:
         "lite0": ModelConfig(
             preset="lite0", backbone="efficientnet_lite0", image_size=(240, 320), bits=512, dim=1280,
             mean=TF_LITE_MEAN, std=TF_LITE_STD, head="cnn", cnn_tap="head"),
+        "lite1": _lite_gem("lite1", "efficientnet_lite1"),
+        "lite2": _lite_gem("lite2", "efficientnet_lite2"),
         # Lite0 with feature-mixing branches: the shipped model (checkpoints/lite0-nordland). Same
         # backbone map as lite0, so both read the same cached features.
         "lite0-mix": ModelConfig(
             preset="lite0-mix", backbone="efficientnet_lite0", image_size=(240, 320), bits=512, dim=1280,
             mean=TF_LITE_MEAN, std=TF_LITE_STD, head="cnn", cnn_tap="head", aggregation="mix", mix=MixConfig()),
+        # lite0-mix plus a frozen GeM branch (lite0's float branch at its initialisation), fused into a
+        # 1280 + 1280 = 2560-D float descriptor: the default model (checkpoints/lite0-fused).
+        "lite0-fused": ModelConfig(
+            preset="lite0-fused", backbone="efficientnet_lite0", image_size=(240, 320), bits=512, dim=2560,
+            mean=TF_LITE_MEAN, std=TF_LITE_STD, head="cnn", cnn_tap="head", aggregation="mix", mix=MixConfig(),
+            fusion=FusionConfig(gem_weight=0.95)),
         # Small random-weight ViT-S/14 with the SelaVPR++ head: for tests and benchmarks only.
         "vits14-test": ModelConfig(
             preset="vits14-test", backbone="dinov2_vits14", image_size=(224, 224), bits=512, dim=1024,

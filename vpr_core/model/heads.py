@@ -9,10 +9,14 @@ depends on the head type:
             trainable copy of the final norm; SoftP or GeM for the float branch;
   cnn     - the CNN feature map directly (each branch's 1x1 projection stands in for the side network).
 The branches aggregate with GeM, or (float branch only) SoftP, or (both branches) feature mixing.
+With fusion (cnn + mix), a third, frozen GeM branch joins the float descriptor (``FusedGeM``).
 An optional InteractHead (SAGE) mixes descriptors across the batch, which makes them batch dependent.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +24,7 @@ from torch import nn
 
 from vpr_core.model.adapters import SideNetwork
 from vpr_core.model.aggregation import DPN, GeMBranch, MixBranch, SoftP
-from vpr_core.model.config import InteractConfig, ModelConfig
+from vpr_core.model.config import FusionConfig, InteractConfig, ModelConfig
 
 
 class _SignSTE(torch.autograd.Function):
@@ -73,6 +77,51 @@ class InteractHead(nn.Module):
         return F.normalize(self.encoder(desc.reshape(b, -1, self.d_model)).reshape(b, -1), p=2, dim=-1)
 
 
+class FusedGeM(nn.Module):
+    """The frozen GeM branch of a fused model, and the fusion of its descriptor with the mix one.
+
+    The branch is preset ``lite0``'s float branch (identity projection, orthogonal fc, as wide as the
+    map): at its initialisation it is an exact isometry of the frozen backbone's GeM feature, the
+    baseline that does no harm off any training route, so it is never trained. Its parameters do not
+    require grad, and ``vpr train`` optimises only parameters that do: training a fused model trains
+    the mix branches alone, through the fused descriptor.
+    """
+
+    def __init__(self, channels: int, cfg: FusionConfig, twin: ModelConfig) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):   # leaves the mix branches the draws they get unfused
+            self.branch = GeMBranch(channels, channels)
+        self.branch.requires_grad_(False)
+        self.gem_scale = math.sqrt(cfg.gem_weight)
+        self.mix_scale = math.sqrt(1.0 - cfg.gem_weight)
+        self._twin = twin
+
+    def reset_parameters(self, backbone: nn.Module) -> None:
+        """The float branch of the GeM head ``twin`` as ``build_model`` seeds it (same seed, same order
+        of draws), so the GeM part equals that preset's untrained float descriptor element by element.
+
+        Drawn from a forked generator, as the branch was built: a fused model's mix branches start
+        where the same model's unfused ones (``lite0-mix``) do.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._twin.seed)
+            twin = VPRHead(self._twin, backbone)
+            twin.reset_parameters(backbone)
+        self.branch.load_state_dict(twin.float_branch.state_dict())
+
+    def forward(self, grid: torch.Tensor, mix_desc: torch.Tensor) -> torch.Tensor:
+        """[N, h, w, C] map and [N, D_mix] unit mix descriptor -> [N, C + D_mix] unit
+        normalize([sqrt(w) g, sqrt(1 - w) m]) (already unit for unit g and m; normalised against rounding)."""
+        gem = self.branch(grid)
+        return F.normalize(torch.cat([self.gem_scale * gem, self.mix_scale * mix_desc], dim=-1), p=2, dim=-1)
+
+
+def gem_twin(config: ModelConfig, channels: int) -> ModelConfig:
+    """The GeM-branch model whose untrained float branch is the GeM part of fused ``config``
+    (for ``lite0-fused``: preset ``lite0``'s layout and seed)."""
+    return dataclasses.replace(config, aggregation="gem", mix=None, fusion=None, dim=channels, weights_digest=None)
+
+
 class VPRHead(nn.Module):
     def __init__(self, config: ModelConfig, backbone: nn.Module) -> None:
         super().__init__()
@@ -97,7 +146,7 @@ class VPRHead(nn.Module):
                 raise ValueError(f"model config {config.preset!r}: SoftP needs a ViT (it reads the class token)")
             self.float_branch = SoftP(width, config.softp)
         elif config.aggregation == "mix":
-            self.float_branch = MixBranch(width, backbone.grid, config.dim, config.mix)
+            self.float_branch = MixBranch(width, backbone.grid, _mix_float_dim(config, width), config.mix)
         else:
             self.float_branch = GeMBranch(width, config.dim)
         # Mixing replaces GeM in the hash branch too: Hamming candidates from a layout-blind code
@@ -106,6 +155,7 @@ class VPRHead(nn.Module):
                             else GeMBranch(width, config.bits))
         if config.interact is not None:
             self.interact = InteractHead(config.interact)
+        self.fusion = None if config.fusion is None else FusedGeM(width, config.fusion, gem_twin(config, width))
 
     def reset_parameters(self, backbone: nn.Module) -> None:
         """The documented starting point (adapters as SelaVPR++, branches geometry-preserving)."""
@@ -117,6 +167,8 @@ class VPRHead(nn.Module):
                 branch.reset_parameters()
         if self.norm is not None:
             self.norm.load_state_dict(backbone.norm.state_dict())
+        if self.fusion is not None:
+            self.fusion.reset_parameters(backbone)
 
     def _grid(self, tokens: torch.Tensor) -> torch.Tensor:
         b, _, d = tokens.shape
@@ -141,4 +193,19 @@ class VPRHead(nn.Module):
         desc = self.float_branch(grid_f, cls_token) if isinstance(self.float_branch, SoftP) else self.float_branch(grid_f)
         if self.interact is not None:
             desc = self.interact(desc)
+        if self.fusion is not None:
+            desc = self.fusion(grid_f, desc)
         return self.hash_branch(grid_h), desc
+
+
+def _mix_float_dim(config: ModelConfig, channels: int) -> int:
+    """The mix float branch's width: ``dim``, less the GeM part's ``channels`` when fused."""
+    if config.fusion is None:
+        return config.dim
+    mix_dim = config.dim - channels
+    if mix_dim < config.mix.rows or mix_dim % config.mix.rows:
+        raise ValueError(f"model config {config.preset!r}: with fusion, dim is the mix float width plus the "
+                         f"backbone map's {channels} channels (the GeM part); dim {config.dim} leaves {mix_dim} for "
+                         f"the mix branch, which must be a positive multiple of mix.rows {config.mix.rows} "
+                         f"(e.g. dim {channels + 1280} for a 1280-D mix descriptor)")
+    return mix_dim

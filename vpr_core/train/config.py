@@ -17,14 +17,26 @@ import yaml
 from vpr_core.train.feature_augment import FeatureAugmentConfig
 from vpr_core.train.feature_cache import AugmentConfig
 from vpr_core.train.losses import MSLossConfig
+from vpr_core.train.route import POSITIONS
 from vpr_core.train.sampling import SageConfig
 
 SAMPLERS = ("random", "sage")
+DATA_KINDS = ("nordland", "route")
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Nordland-style season pairs: place = file index, images = the same file in each season."""
+    """What the heads learn from.
+
+    ``kind: nordland``: season pairs, place = file index, images = the same file in each season
+    (``root``, ``split``, ``seasons``; radii in files). ``kind: route``: one recording with positions,
+    ``source`` a source spec as for ``vpr build-map --source`` (a bag with a pose/odometry or NavSatFix
+    topic, or a folder whose frames carry positions); ``position`` picks the pose, UTM or GPS positions
+    (``auto``: pose, else UTM, else GPS); frames within ``positive_radius_m`` metres are the same place,
+    frames farther than ``negative_radius_m`` are negatives, pairs in between are left out. The
+    defaults are NetVLAD's (positives within 10 m, negatives beyond 25 m). Both kinds validate on the
+    last ``val_fraction`` of their places, contiguous: the end of the route.
+    """
 
     kind: str = "nordland"
     root: str = "../shared/data/nordland_tiny"
@@ -34,16 +46,41 @@ class DataConfig:
     val_fraction: float = 0.15         # last places of the split, contiguous
     positive_radius: int = 1           # +-1 file index is the same place (Nordland protocol)
     negative_radius: int = 1
+    source: str = ""                   # kind route: the recording
+    position: str = "auto"             # kind route: auto, pose, utm or gps
+    positive_radius_m: float = 10.0
+    negative_radius_m: float = 25.0
 
     def __post_init__(self) -> None:
-        if self.kind != "nordland":
-            raise ValueError(f"data.kind {self.kind!r} is not supported by `vpr train` (only 'nordland'); "
-                             f"GSV-Cities tables are read with vpr_core.train.places.gsv_cities_places")
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"data.kind {self.kind!r} is not supported by `vpr train`; choose one of "
+                             f"{', '.join(DATA_KINDS)} (GSV-Cities tables are read with "
+                             f"vpr_core.train.places.gsv_cities_places)")
         if not 0.0 < self.val_fraction < 0.5:
             raise ValueError(f"data.val_fraction must be in (0, 0.5), got {self.val_fraction}")
         object.__setattr__(self, "seasons", tuple(self.seasons))
-        if len(self.seasons) < 2:
+        if self.kind == "nordland" and len(self.seasons) < 2:
             raise ValueError(f"data.seasons needs two or more seasons (database first), got {self.seasons}")
+        if self.kind == "route":
+            self._check_route()
+
+    def _check_route(self) -> None:
+        if not self.source:
+            raise ValueError("data.source is empty: name the recording to train on, e.g. "
+                             "source: rosbag:drive.mcap?pose_topic=/odom")
+        if self.position not in POSITIONS:
+            raise ValueError(f"data.position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
+        if not 0.0 < self.positive_radius_m < self.negative_radius_m:
+            raise ValueError(f"data.negative_radius_m ({self.negative_radius_m}) must be larger than "
+                             f"data.positive_radius_m ({self.positive_radius_m}) > 0: frames within the first "
+                             f"are the same place, frames beyond the second are negatives (e.g. 10 and 25)")
+
+    @property
+    def radii(self) -> tuple[float, float]:
+        """(positive, negative) radius in the units of the place positions (files, or metres)."""
+        if self.kind == "route":
+            return self.positive_radius_m, self.negative_radius_m
+        return float(self.positive_radius), float(self.negative_radius)
 
 
 @dataclass(frozen=True)

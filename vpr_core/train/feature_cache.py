@@ -11,10 +11,11 @@ never mistaken for a complete one.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -72,22 +73,25 @@ class FeatureCache:
         return torch.from_numpy(np.ascontiguousarray(self.features[views, rows]))
 
 
-def cache_key(model: VPRModel, files: Sequence[Path], root: Path, augment: AugmentConfig) -> dict:
-    """Everything that decides the cached values; its digest names the cache directory."""
+def model_key(model: VPRModel, augment: AugmentConfig) -> dict:
+    """What decides the cached values besides the images: the backbone, its input and the views."""
     cfg = model.config
-    listing = hashlib.sha256()
-    for f in files:
-        listing.update(f"{Path(f).relative_to(root).as_posix()}|{Path(f).stat().st_size}\n".encode())
     return {
         "backbone": cfg.backbone,
         "backbone_digest": model.backbone_digest(),
         "image_size": list(cfg.image_size),
         "mean": list(cfg.mean),
         "std": list(cfg.std),
-        "images": len(files),
-        "image_list_digest": listing.hexdigest(),
         "augment": asdict(augment),
     }
+
+
+def cache_key(model: VPRModel, files: Sequence[Path], root: Path, augment: AugmentConfig) -> dict:
+    """Everything that decides the cached values of image files; its digest names the cache directory."""
+    listing = hashlib.sha256()
+    for f in files:
+        listing.update(f"{Path(f).relative_to(root).as_posix()}|{Path(f).stat().st_size}\n".encode())
+    return {**model_key(model, augment), "images": len(files), "image_list_digest": listing.hexdigest()}
 
 
 def build_feature_cache(model: VPRModel, files: Sequence[Path], root: Path, cache_root: Path, name: str, *,
@@ -97,40 +101,75 @@ def build_feature_cache(model: VPRModel, files: Sequence[Path], root: Path, cach
     if not files:
         raise ValueError(f"feature cache {name!r}: no image files given")
     key = cache_key(model, files, Path(root), augment)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_root) / f"{name}-{digest}"
+    cached = open_cache(cache_root, name, key)
+    if cached is not None:
+        return cached
+    names = [f.relative_to(root).as_posix() for f in files]
+    return write_cache(model, key, cache_root, name, names, (read_rgb(f) for f in files), augment=augment,
+                       batch_size=batch_size)
+
+
+def cache_path(cache_root: Path, name: str, key: dict) -> Path:
+    return Path(cache_root) / f"{name}-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
+
+
+def open_cache(cache_root: Path, name: str, key: dict) -> FeatureCache | None:
+    """The complete cache built under ``key``, or None when there is none (or a stale one)."""
+    path = cache_path(cache_root, name, key)
     meta_path = path / META_FILE
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("key") == key:
             return _open(path, meta)
+    return None
+
+
+def write_cache(model: VPRModel, key: dict, cache_root: Path, name: str, names: Sequence[str],
+                images: Iterable[np.ndarray], *, augment: AugmentConfig = AugmentConfig(),
+                batch_size: int = 32) -> FeatureCache:
+    """Runs the backbone over ``images`` (one per name, in order, read lazily) and writes the cache
+    under ``key``; ``key`` must decide the images (see ``cache_key``)."""
+    names = list(names)
+    if not names:
+        raise ValueError(f"feature cache {name!r}: no image given")
+    path = cache_path(cache_root, name, key)
     path.mkdir(parents=True, exist_ok=True)
-    meta_path.unlink(missing_ok=True)
+    (path / META_FILE).unlink(missing_ok=True)
     rng = np.random.default_rng(augment.seed)
-    probe = model.backbone_features(torch.from_numpy(preprocess(read_rgb(files[0])[None], model.config)))
-    shape = (augment.views, len(files), *probe.shape[1:])
-    out = np.lib.format.open_memmap(path / FEATURES_FILE, mode="w+", dtype=np.float16, shape=shape)
     model.eval()
-    with tqdm(total=len(files) * augment.views, desc=f"caching {name}", unit="img") as bar:
-        for start in range(0, len(files), batch_size):
-            images = [read_rgb(f) for f in files[start:start + batch_size]]
+    out = None
+    done = 0
+    source = iter(images)
+    with tqdm(total=len(names) * augment.views, desc=f"caching {name}", unit="img") as bar:
+        while batch_images := list(itertools.islice(source, batch_size)):
+            if done + len(batch_images) > len(names):
+                raise ValueError(f"feature cache {name!r}: more images than the {len(names)} names given")
             for view in range(augment.views):
-                batch = np.stack([_view(im, view, augment, rng) for im in images]) if _same_shape(images) else None
-                if batch is None:
-                    batch = [_view(im, view, augment, rng) for im in images]
-                    x = np.concatenate([preprocess(im[None], model.config) for im in batch])
-                else:
-                    x = preprocess(batch, model.config)
-                feats = model.backbone_features(torch.from_numpy(x))
-                out[view, start:start + len(images)] = feats.numpy().astype(np.float16)
-                bar.update(len(images))
+                feats = model.backbone_features(torch.from_numpy(_preprocessed(batch_images, view, augment, rng,
+                                                                               model)))
+                if out is None:   # the first batch tells the feature shape
+                    shape = (augment.views, len(names), *feats.shape[1:])
+                    out = np.lib.format.open_memmap(path / FEATURES_FILE, mode="w+", dtype=np.float16, shape=shape)
+                out[view, done:done + len(batch_images)] = feats.numpy().astype(np.float16)
+                bar.update(len(batch_images))
+            done += len(batch_images)
+    if done != len(names):
+        raise ValueError(f"feature cache {name!r}: {done} images for {len(names)} names")
     out.flush()
     del out
-    meta = {"key": key, "shape": list(shape), "names": [f.relative_to(root).as_posix() for f in files]}
+    meta = {"key": key, "shape": list(shape), "names": names}
     tmp = path / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(meta, indent=1) + "\n")
-    tmp.replace(meta_path)
+    tmp.replace(path / META_FILE)
     return _open(path, meta)
+
+
+def _preprocessed(images: list[np.ndarray], view: int, augment: AugmentConfig, rng: np.random.Generator,
+                  model: VPRModel) -> np.ndarray:
+    views = [_view(im, view, augment, rng) for im in images]
+    if _same_shape(views):
+        return preprocess(np.stack(views), model.config)
+    return np.concatenate([preprocess(im[None], model.config) for im in views])
 
 
 def _open(path: Path, meta: dict) -> FeatureCache:

@@ -1,8 +1,9 @@
 """Place labels for training: which cached images show the same place, and where each place is.
 
-Three sources: sequence data where a place is a frame index (Nordland: the summer and winter image
-of one file index), GSV-Cities style tables (one row per image, place = city + place_id), and
-CosPlace's division of UTM positions and headings into classes and groups.
+Four sources: sequence data where a place is a frame index (Nordland: the summer and winter image
+of one file index), a robot's recording with positions in metres (frames grouped by distance),
+GSV-Cities style tables (one row per image, place = city + place_id), and CosPlace's division of UTM
+positions and headings into classes and groups.
 """
 
 from __future__ import annotations
@@ -85,6 +86,40 @@ def nordland_places(root: Path, file_range: FileRange, seasons: Sequence[str] = 
     places = PlaceSet(image_place, np.arange(n, dtype=np.float64)[:, None], [Path(x).stem for x in names],
                       float(positive_radius), float(negative_radius))
     return places, [p for files in per_season for p in files]
+
+
+def route_places(positions: np.ndarray, names: Sequence[str], *, positive_radius: float,
+                 negative_radius: float) -> PlaceSet:
+    """A recording's frames grouped into places by position (metres), in capture order.
+
+    Leader clustering: a frame joins the nearest place whose first frame lies within
+    ``positive_radius / 2`` of it, else it starts a new place there. So any two images of one place are
+    within ``positive_radius`` of each other (calling them the same place never contradicts the
+    distance rule of the losses), a route driven twice gives places with an image of each pass (the
+    pairs the heads learn from), and places are numbered in the order the route first reached them
+    (the validation slice, the last places, is the end of the route). Written by hand because the
+    library clusterings with a diameter bound (complete linkage) need all pairwise distances, which
+    a long recording does not fit in memory; this needs one distance per place and frame.
+    """
+    positions = np.asarray(positions, dtype=np.float64).reshape(len(positions), -1)
+    if len(positions) != len(names):
+        raise ValueError(f"{len(positions)} positions for {len(names)} frame names")
+    leaders = np.empty_like(positions)
+    image_place = np.empty(len(positions), dtype=np.int64)
+    count = 0
+    for i, position in enumerate(positions):
+        if count:
+            dist = np.linalg.norm(leaders[:count] - position, axis=1)
+            nearest = int(np.argmin(dist))
+            if dist[nearest] <= positive_radius / 2:
+                image_place[i] = nearest
+                continue
+        leaders[count] = position
+        image_place[i] = count
+        count += 1
+    first = np.unique(image_place, return_index=True)[1]
+    return PlaceSet(image_place, leaders[:count], [names[i] for i in first], float(positive_radius),
+                    float(negative_radius))
 
 
 def gsv_cities_places(table: Path, image_root: Path, *, positive_radius: float = 0.0,

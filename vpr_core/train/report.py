@@ -67,6 +67,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config)
+    if cfg.data.kind != "nordland":
+        raise ValueError(f"{args.config} trains on a {cfg.data.kind}, which has no held-out test section; "
+                         f"evaluate the trained checkpoint with `vpr eval --checkpoint {args.checkpoint}` on a "
+                         f"data set with ground truth")
     torch.set_num_threads(cfg.threads)
     split = args.split or cfg.data.test_split
     t0 = time.perf_counter()

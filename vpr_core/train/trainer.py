@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from vpr_core.data.seasons import SPLITS
@@ -30,7 +31,8 @@ from vpr_core.train.config import TrainConfig
 from vpr_core.train.feature_augment import augment_features, mirror_offset
 from vpr_core.train.feature_cache import FeatureCache, build_feature_cache
 from vpr_core.train.losses import code_similarity, multi_similarity_loss, quantization_loss
-from vpr_core.train.places import PlaceSet, nordland_places
+from vpr_core.train.places import PlaceSet, nordland_places, route_places
+from vpr_core.train.route import read_route, route_features
 from vpr_core.train.sampling import affinity_graph, greedy_clique_batches, random_batches
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,10 @@ class SplitData:
 
 
 def load_split(model: VPRModel, cfg: TrainConfig, split: str) -> SplitData:
-    """Places and cached features of a whole data section (built on first use)."""
+    """Places and cached features of a whole data section (built on first use); a route has one
+    section, the whole recording, whatever ``split`` says."""
+    if cfg.data.kind == "route":
+        return load_route(model, cfg)
     root = Path(cfg.data.root)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
@@ -60,14 +65,46 @@ def load_split(model: VPRModel, cfg: TrainConfig, split: str) -> SplitData:
     return SplitData(cache, places, np.arange(len(files)))
 
 
+def load_route(model: VPRModel, cfg: TrainConfig) -> SplitData:
+    """A recording's positioned frames as places; refused before the backbone runs when the places
+    cannot fill a batch or the validation slice has no place seen twice."""
+    route = read_route(cfg.data.source, cfg.data.position, Path(cfg.cache_dir))
+    positive, negative = cfg.data.radii
+    places = route_places(route.positions, route.names, positive_radius=positive, negative_radius=negative)
+    train_places, val_places = split_places(places, cfg.data.val_fraction)
+    images_of = places.images_of()
+    revisited = sum(len(images_of[p]) > 1 for p in val_places)
+    if len(train_places) < cfg.places_per_batch or revisited == 0:
+        raise ValueError(
+            f"route {cfg.data.source}: {len(route.names)} frames with a position make {places.num_places} places "
+            f"at positive_radius_m {positive:g}: {len(train_places)} for training (places_per_batch is "
+            f"{cfg.places_per_batch}), {revisited} of the last {len(val_places)} (validation) seen twice; record "
+            f"a longer route or drive it twice, or lower places_per_batch or data.positive_radius_m")
+    log.info("route %s: %d places (%d for training, %d for validation, %d of them seen twice)", cfg.data.source,
+             places.num_places, len(train_places), len(val_places), revisited)
+    cache = route_features(model, route, Path(cfg.cache_dir), augment=cfg.augment)
+    return SplitData(cache, places, np.arange(len(route.names)))
+
+
+def split_places(places: PlaceSet, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(training places, validation places): validation = the last ``val_fraction`` of the places,
+    contiguous; training places within ``positive_radius`` of a validation place are dropped so no
+    validation query has a positive among the training images."""
+    n = places.num_places
+    n_val = max(2, round(n * val_fraction))
+    val = np.arange(n - n_val, n)
+    before = np.arange(0, n - n_val)
+    if not len(before):
+        return before, val
+    gap = cKDTree(places.positions[val]).query(places.positions[before])[0]
+    return before[gap > places.positive_radius], val
+
+
 def train_val_split(data: SplitData, cfg: TrainConfig) -> tuple[SplitData, SplitData]:
-    """Validation = the last ``val_fraction`` of the places, contiguous; ``positive_radius`` places
-    between the two are dropped so no validation query has a positive among the training images."""
-    n = data.places.num_places
-    n_val = max(2, round(n * cfg.data.val_fraction))
-    gap = cfg.data.positive_radius
-    train_p, train_rows = data.places.subset(np.arange(0, n - n_val - gap))
-    val_p, val_rows = data.places.subset(np.arange(n - n_val, n))
+    """The training and validation slices of a section (see ``split_places``)."""
+    train_places, val_places = split_places(data.places, cfg.data.val_fraction)
+    train_p, train_rows = data.places.subset(train_places)
+    val_p, val_rows = data.places.subset(val_places)
     return SplitData(data.cache, train_p, data.rows[train_rows]), SplitData(data.cache, val_p, data.rows[val_rows])
 
 
@@ -98,15 +135,26 @@ def positives_within(places: PlaceSet) -> list[np.ndarray]:
     return [np.nonzero(np.linalg.norm(pos - pos[q], axis=1) <= places.positive_radius)[0] for q in range(len(pos))]
 
 
-def validation_recall(model: VPRModel, data: SplitData, seasons: int, ns=(1, 5, 10)) -> dict[int, float]:
-    """Float-descriptor Recall@N: the last season's images query the first season's (NaN where N
-    exceeds the number of places)."""
-    _, db = encode(model, data, season_rows(data.places, 0, seasons))
-    _, q = encode(model, data, season_rows(data.places, seasons - 1, seasons))
+def retrieval_rows(places: PlaceSet) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(database rows, query rows, positives of each query among the database) in PlaceSet image order:
+    the database is the first image of every place, the queries are the last image of every place
+    that has two or more (Nordland: first and last season; a route driven twice: the two passes)."""
+    images_of = places.images_of()
+    db = np.array([rows[0] for rows in images_of])
+    queried = np.array([p for p, rows in enumerate(images_of) if len(rows) > 1], dtype=np.int64)
+    positives = positives_within(places)
+    return db, np.array([images_of[p][-1] for p in queried], dtype=np.int64), [positives[p] for p in queried]
+
+
+def validation_recall(model: VPRModel, data: SplitData, ns=(1, 5, 10)) -> dict[int, float]:
+    """Float-descriptor Recall@N of ``retrieval_rows`` (NaN where N exceeds the number of places)."""
+    db_rows, q_rows, positives = retrieval_rows(data.places)
+    _, db = encode(model, data, db_rows)
+    _, q = encode(model, data, q_rows)
     sim = q @ db.T
     k = min(max(ns), len(db))
     pred = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    recall = recall_at_n(pred, positives_within(data.places), [n for n in ns if n <= k])
+    recall = recall_at_n(pred, positives, [n for n in ns if n <= k])
     return {n: recall.get(n, float("nan")) for n in ns}   # R@N with N > places is undefined
 
 
@@ -235,7 +283,7 @@ def _run_epoch(model: VPRModel, train_data: SplitData, val_data: SplitData, cfg:
     t_val = time.perf_counter()
     lr = opt.optimizer.param_groups[0]["lr"]
     opt.scheduler.step()
-    recall = validation_recall(model, val_data, len(cfg.data.seasons))
+    recall = validation_recall(model, val_data)
     t_end = time.perf_counter()
     return {"epoch": epoch, "sampler": cfg.sampler, "lr": lr,
             **{k: v / max(1, len(batches)) for k, v in sums.items()},

