@@ -113,6 +113,22 @@ def python_process(args: list[str], env: dict[str, str], **kwargs) -> subprocess
 
 
 @pytest.fixture(scope="module")
+def corridor_set(data_dir):
+    """The Corridor data set (queries, references and ground truth)."""
+    from vpr_core.data import open_dataset
+
+    return open_dataset(f"vpr_bench:{data_dir / 'corridor'}")
+
+
+@pytest.fixture(scope="module")
+def lite0_encoder(module_torch_threads):
+    """Frozen lite0 (untrained heads) on torch, one thread: the cheapest real encoder."""
+    from vpr_core.engine import EncoderConfig, create_encoder
+
+    return create_encoder(EncoderConfig(preset="lite0", backend="torch", threads=1))
+
+
+@pytest.fixture(scope="module")
 def default_encoder(module_torch_threads):
     """The node's default model (checkpoints/lite0-fused) on torch, one thread: what the localizer
     tests run frames through."""

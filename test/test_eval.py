@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from frame_sources import small_corridor_layout
 
 from vpr_core import cli
 from vpr_core.data import EvalDataset, ImageFiles, open_dataset
-from vpr_core.data.images import list_images
 from vpr_core.engine import EncoderConfig, create_encoder
 from vpr_core.eval.evaluate import EXAMPLES_FILE, RESULTS_FILE, evaluate, example_queries
 from vpr_core.eval.recall_table import format_table
@@ -106,23 +105,8 @@ def test_example_queries_spread_over_queries_with_positives(corridor_subset) -> 
     assert example_queries(dataset, 50) == [1, 2, 4, 5]
 
 
-def _small_vpr_bench_layout(data_dir: Path, root: Path, n_queries: int, n_refs: int) -> Path:
-    source = data_dir / "corridor"
-    for folder, count in (("query", n_queries), ("ref", n_refs)):
-        (root / folder).mkdir(parents=True)
-        for path in list_images(source / folder)[:count]:
-            shutil.copy(path, root / folder / path.name)
-    full = open_dataset(f"vpr_bench:{source}")
-    lines = ["query_index,ref_indices"]
-    for q in range(n_queries):
-        refs = full.positives(q)[full.positives(q) < n_refs]
-        lines.append(f"{q},{' '.join(map(str, refs))}")
-    (root / "ground_truth.csv").write_text("\n".join(lines) + "\n")
-    return root
-
-
 def test_cli_writes_results_and_report(data_dir, tmp_path, capsys) -> None:
-    layout = _small_vpr_bench_layout(data_dir, tmp_path / "mini", n_queries=4, n_refs=6)
+    layout = small_corridor_layout(data_dir, tmp_path / "mini", n_queries=4, n_refs=6)
     out = tmp_path / "out"
     code = cli.main(["eval", "--dataset", str(layout), "--layout", "vpr_bench", "--backend", "torch",
                      "--ns", "1", "5", "--out", str(out), "--examples", "2", "--filter", "--smooth"])

@@ -17,8 +17,6 @@ import pytest
 from frame_sources import FirstFrames
 from vpr_core.adapt import AdaptationError, AdaptConfig, MapAdaptation, fit_adaptation
 from vpr_core.build_map import BuildConfig, build_map
-from vpr_core.data import open_dataset
-from vpr_core.engine import EncoderConfig, create_encoder
 from vpr_core.localizer import Localizer, LocalizerConfig
 from vpr_core.mapdb import MapDB, MapError
 from vpr_core.mapdb.adaptation_file import ADAPTATION
@@ -110,40 +108,30 @@ def test_the_file_round_trips_and_a_newer_or_damaged_one_is_refused(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def corridor(data_dir):
-    return open_dataset(f"vpr_bench:{data_dir / 'corridor'}")
-
-
-@pytest.fixture(scope="module")
-def encoder(module_torch_threads):
-    return create_encoder(EncoderConfig(preset="lite0", backend="torch", threads=1))
-
-
-@pytest.fixture(scope="module")
-def adapted_map(corridor, encoder, tmp_path_factory):
+def adapted_map(corridor_set, lite0_encoder, tmp_path_factory):
     path = tmp_path_factory.mktemp("adapted") / "map"
-    build_map(FirstFrames(corridor.database, PLACES), path, encoder,
+    build_map(FirstFrames(corridor_set.database, PLACES), path, lite0_encoder,
               BuildConfig(batch_size=8, adapt=AdaptConfig(method="itq"))).close()
     return path
 
 
-def test_a_built_map_is_adapted_round_trips_and_names_it_in_its_manifest(adapted_map, encoder, corridor):
-    mapdb = MapDB.load(adapted_map, expected_fingerprint=encoder.fingerprint)
+def test_a_built_map_is_adapted_round_trips_and_names_it_in_its_manifest(adapted_map, lite0_encoder, corridor_set):
+    mapdb = MapDB.load(adapted_map, expected_fingerprint=lite0_encoder.fingerprint)
     entry = json.loads((adapted_map / "manifest.json").read_text())["adaptation"]
     assert entry["method"] == "itq" and entry["places"] == PLACES and entry["components"] == PLACES - 1
-    assert entry["bits_used"] == PLACES - 1 and entry["base_fingerprint"] == encoder.fingerprint
-    assert mapdb.fingerprint == encoder.fingerprint and mapdb.adaptation.digest == MapAdaptation.load(
+    assert entry["bits_used"] == PLACES - 1 and entry["base_fingerprint"] == lite0_encoder.fingerprint
+    assert mapdb.fingerprint == lite0_encoder.fingerprint and mapdb.adaptation.digest == MapAdaptation.load(
         adapted_map / ADAPTATION).digest
-    codes, desc = encoder.encode([f.rgb for f in islice(corridor.database, 3)])
+    codes, desc = lite0_encoder.encode([f.rgb for f in islice(corridor_set.database, 3)])
     want_codes, want_desc = mapdb.adaptation.apply(codes, desc)
     np.testing.assert_array_equal(mapdb.codes[:3], want_codes)
     np.testing.assert_allclose(np.asarray(mapdb.desc[:3], np.float32), want_desc, atol=2e-3)
     mapdb.close()
 
 
-def test_the_localizer_adapts_its_queries_and_finds_a_map_image_first(adapted_map, encoder, corridor):
-    localizer = Localizer(LocalizerConfig(map_path=str(adapted_map)), encoder)
-    frames = list(islice(corridor.database, 0, 12, 3))
+def test_the_localizer_adapts_its_queries_and_finds_a_map_image_first(adapted_map, lite0_encoder, corridor_set):
+    localizer = Localizer(LocalizerConfig(map_path=str(adapted_map)), lite0_encoder)
+    frames = list(islice(corridor_set.database, 0, 12, 3))
     results = localizer.process(frames)
     assert [r.matches[0].place_id for r in results] == [0, 3, 6, 9]
     assert all(r.matches[0].score > 0.99 for r in results)
@@ -172,22 +160,22 @@ def test_a_tampered_adaptation_or_another_encoder_is_refused(adapted_map, tmp_pa
         push(adapted_map, f"milvus-lite:{tmp_path / 'm.db'}/places")
 
 
-def test_a_map_without_adaptation_loads_even_with_a_manifest_from_before(corridor, encoder, tmp_path):
+def test_a_map_without_adaptation_loads_even_with_a_manifest_from_before(corridor_set, lite0_encoder, tmp_path):
     path = tmp_path / "raw"
-    build_map(FirstFrames(corridor.database, 4), path, encoder,
+    build_map(FirstFrames(corridor_set.database, 4), path, lite0_encoder,
               BuildConfig(batch_size=4, adapt=AdaptConfig(method="none"))).close()
     manifest = json.loads((path / "manifest.json").read_text())
     assert manifest["adaptation"] is None
     del manifest["adaptation"]
     (path / "manifest.json").write_text(json.dumps(manifest))
-    mapdb = MapDB.load(path, expected_fingerprint=encoder.fingerprint)
-    codes, desc = encoder.encode([next(iter(corridor.database)).rgb])
+    mapdb = MapDB.load(path, expected_fingerprint=lite0_encoder.fingerprint)
+    codes, desc = lite0_encoder.encode([next(iter(corridor_set.database)).rgb])
     assert mapdb.adaptation is None and mapdb.size == 4
     np.testing.assert_array_equal(mapdb.codes[:1], codes)
     mapdb.close()
 
 
-def test_milvus_outputs_refuse_an_explicit_adaptation(encoder, corridor, tmp_path):
+def test_milvus_outputs_refuse_an_explicit_adaptation(lite0_encoder, corridor_set, tmp_path):
     with pytest.raises(ValueError, match="cannot store a map adaptation"):
-        build_map(FirstFrames(corridor.database, 2), f"milvus-lite:{tmp_path / 'm.db'}/places", encoder,
+        build_map(FirstFrames(corridor_set.database, 2), f"milvus-lite:{tmp_path / 'm.db'}/places", lite0_encoder,
                   BuildConfig(adapt=AdaptConfig(method="itq")))

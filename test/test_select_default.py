@@ -4,15 +4,14 @@ validation slice, and one cheap real run through the command line on a few Corri
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from frame_sources import small_corridor_layout
 
 from vpr_core.cli import run_module
 from vpr_core.data import open_dataset
-from vpr_core.data.images import list_images
 from vpr_core.data.seasons import SPLITS
 from vpr_core.engine import EncoderConfig, create_encoder
 from vpr_core.eval import select_default as select_module
@@ -133,21 +132,8 @@ def test_the_nordland_slice_is_the_one_vpr_train_validates_on(data_dir) -> None:
     assert len(opened.queries) == len(opened.database) == val.places.num_places
 
 
-def _corridor_subset(data_dir: Path, root: Path, n_queries: int = 8, n_refs: int = 12) -> Path:
-    source = data_dir / "corridor"
-    for folder, count in (("query", n_queries), ("ref", n_refs)):
-        (root / folder).mkdir(parents=True)
-        for path in list_images(source / folder)[:count]:
-            shutil.copy(path, root / folder / path.name)
-    full = open_dataset(f"vpr_bench:{source}")
-    lines = ["query_index,ref_indices"]
-    lines += [f"{q},{' '.join(map(str, full.positives(q)[full.positives(q) < n_refs]))}" for q in range(n_queries)]
-    (root / "ground_truth.csv").write_text("\n".join(lines) + "\n")
-    return root
-
-
 def test_figures_from_arrays_equal_vpr_evals(data_dir, tmp_path, torch_threads) -> None:
-    dataset = open_dataset(f"vpr_bench:{_corridor_subset(data_dir, tmp_path / 'mini')}")
+    dataset = open_dataset(f"vpr_bench:{small_corridor_layout(data_dir, tmp_path / 'mini', 8, 12)}")
     encoder = create_encoder(EncoderConfig(preset="lite0", backend="torch", device="cpu"))
     reference = evaluate(dataset, encoder, SearchConfig(), ns=[1, 5], examples=0)["methods"]
     ours = retrieval_figures(encode_sets(OpenedSets({"corridor": dataset}), encoder).sets["corridor"], SearchConfig())
@@ -160,7 +146,7 @@ def test_figures_from_arrays_equal_vpr_evals(data_dir, tmp_path, torch_threads) 
 # ---- the command line ---------------------------------------------------------------------------
 def test_cli_scores_candidates_encodes_each_model_once_and_writes_the_table(data_dir, tmp_path, capsys,
                                                                              monkeypatch, torch_threads) -> None:
-    corridor = _corridor_subset(data_dir, tmp_path / "mini")
+    corridor = small_corridor_layout(data_dir, tmp_path / "mini", 8, 12)
     candidates = tmp_path / "candidates.yaml"
     candidates.write_text("- {name: lite0-frozen, preset: lite0, backend: torch, baseline: true}\n"
                           "- {name: lite0-frozen+itq, preset: lite0, backend: torch, adapt: itq}\n")
