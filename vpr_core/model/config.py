@@ -285,7 +285,7 @@ def _presets() -> dict[str, ModelConfig]:
             mean=TF_LITE_MEAN, std=TF_LITE_STD, head="cnn", cnn_tap="head"),
         "lite1": _lite_gem("lite1", "efficientnet_lite1"),
         "lite2": _lite_gem("lite2", "efficientnet_lite2"),
-        # Lite0 with feature-mixing branches: the shipped model (checkpoints/lite0-nordland). Same
+        # Lite0 with feature-mixing branches: the Nordland-trained heads (checkpoints/lite0-nordland). Same
         # backbone map as lite0, so both read the same cached features.
         "lite0-mix": ModelConfig(
             preset="lite0-mix", backbone="efficientnet_lite0", image_size=(240, 320), bits=512, dim=1280,
