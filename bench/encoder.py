@@ -1,11 +1,13 @@
 """Encoder speed per backend and thread count: batch-1 latency (p50/p95), images/s at batch 1, 4 and
 16, the model's MACs per image and the fraction of this machine's measured matrix-multiply peak.
 
-Models: lite0, lite1 and lite2 (real backbone weights, GeM heads of the presets); lite0-mix, the shipped checkpoint
-checkpoints/lite0-nordland (lite0 backbone, trained mixing heads), also run as INT8; ViT-S/14 @224
+Models: lite0, lite1 and lite2 (real backbone weights, GeM heads of the presets); lite0-fused, the
+shipped default checkpoint checkpoints/lite0-fused (lite0 backbone, trained mixing heads and a GeM
+branch), and lite0-mix, checkpoints/lite0-nordland (the same without the GeM branch), both also run
+as INT8; ViT-S/14 @224
 (the random-weight test preset) and ViT-B/14 @322 (SelaVPR++-B layout with seeded random weights:
 speed does not depend on the weights). Backends: every one available here (torch and ONNX Runtime on
-the CPU, ONNX Runtime INT8 for lite0-mix; on a GPU also torch fp16 with and without CUDA graphs, ONNX
+the CPU, ONNX Runtime INT8 for the trained checkpoints; on a GPU also torch fp16 with and without CUDA graphs, ONNX
 Runtime CUDA and TensorRT). Timings are of ``Encoder.encode`` on real images (rtabmap_loop, 512x384),
 so preprocessing and bit packing are included, as the node sees them.
 
@@ -76,6 +78,7 @@ MODELS = {
     "lite0": Model("lite0"),
     "lite1": Model("lite1"),
     "lite2": Model("lite2"),
+    "lite0-fused": Model(checkpoint="checkpoints/lite0-fused", int8=True),
     "lite0-mix": Model(checkpoint="checkpoints/lite0-nordland", int8=True),
     "vit-s14": Model("vits14-test"),
     "vit-b14": Model("selavpr++-b", backbone_weights="random"),

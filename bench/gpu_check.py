@@ -1,6 +1,6 @@
 """One-shot check of the GPU encoder paths that run with torch alone (no TensorRT, no onnxruntime-gpu).
 
-For lite0-mix (the shipped model, checkpoints/lite0-nordland, 240x320), ViT-S/14 and ViT-B/14 at
+For lite0-fused (the shipped default, checkpoints/lite0-fused, 240x320), ViT-S/14 and ViT-B/14 at
 322x322 (seeded random backbone weights: no download, and speed and numerical parity do not depend on
 the weights), on torch CUDA fp32, fp16, and fp16 replayed as CUDA graphs:
 
@@ -45,7 +45,7 @@ from vpr_core.model import VPRModel, build_model, load_checkpoint  # noqa: E402
 from vpr_core.model.config import preset_config  # noqa: E402
 
 DATA = Path(os.environ.get("VPR_DATA", REPO.parent / "shared" / "data"))
-SHIPPED = REPO / "checkpoints" / "lite0-nordland"
+SHIPPED = REPO / "checkpoints" / "lite0-fused"
 BATCHES = (1, 8, 32)
 PARITY_IMAGES = 8
 MIN_COSINE = {"fp32": 0.999, "fp16": 0.99}  # as test/test_engine_gpu.py
@@ -74,7 +74,7 @@ def _vit_s14_322() -> VPRModel:
 
 
 MODELS = {
-    "lite0-mix": Model("lite0-mix", "lite0-mix", lambda: load_checkpoint(SHIPPED)),
+    "lite0-fused": Model("lite0-fused", "lite0-fused", lambda: load_checkpoint(SHIPPED)),
     "vit-s14": Model("vit-s14", "vits14-test", _vit_s14_322),
     "vit-b14": Model("vit-b14", "selavpr++-b", lambda: build_model("selavpr++-b", backbone_weights="random")),
 }
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(1)
         batches = DRY_RUN_BATCHES
         images = load_images(max(batches))
-        rows = check_model(MODELS["lite0-mix"], (DRY_RUN_VARIANT,), "cpu", images, len(images), batches, 0.0, 1)
+        rows = check_model(MODELS["lite0-fused"], (DRY_RUN_VARIANT,), "cpu", images, len(images), batches, 0.0, 1)
     else:
         batches = BATCHES
         images = load_images(max(batches))

@@ -18,8 +18,8 @@ float in every variant but ``all`` (a diagnostic that reproduces the naive whole
 images, one intra-op thread, fp32 and int8 called alternately in the same loop so that the load of
 a shared machine falls on both; the ratio is the median of the per-pair ratios.
 
-Usage: .venv/bin/python bench/int8.py [--variants qdq-minmax,qop-u8u8] [--rounds 60] [--list]
-Writes out/int8/ (the graphs, results.json, table.md) and prints one markdown table.
+Usage: .venv/bin/python bench/int8.py [--checkpoint DIR] [--variants qdq-minmax,qop-u8u8] [--rounds 60] [--no-speed] [--list]
+Writes out/int8/<checkpoint>/ (the graphs, results.json, table.md) and prints one markdown table.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from machine import cpu_model, load_average  # noqa: E402  (bench/machine.py)
+from vpr_core.cli_options import DEFAULT_CHECKPOINT  # noqa: E402
 from vpr_core.data import EvalDataset  # noqa: E402
 from vpr_core.engine import EncoderConfig  # noqa: E402
 from vpr_core.engine.encoder import Encoder  # noqa: E402
@@ -60,8 +61,7 @@ from vpr_core.eval.recall import evaluate_recall  # noqa: E402
 from vpr_core.search import SearchConfig, TwoStageSearcher  # noqa: E402
 
 DATA = Path(os.environ.get("VPR_DATA", REPO.parent / "shared" / "data"))
-CHECKPOINT = "checkpoints/lite0-nordland"
-OUT = REPO / "out" / "int8"
+OUT = REPO / "out" / "int8"  # main() writes to a folder per checkpoint below it
 # Nordland-tiny development section, last 15 % of its 2861 places (429): the validation slice of
 # config/train/lite0-nordland.yaml, never trained on. The test section (images-28620..) is held out.
 DATASETS = {
@@ -70,7 +70,8 @@ DATASETS = {
 }
 BACKBONE = "/model/backbone/"
 STEM = (BACKBONE + "_conv_stem/",)
-LAST_STAGE = (BACKBONE + "_blocks.15/", BACKBONE + "_conv_head/")  # stage 7 (320 ch) and the 1x1 head conv
+HEAD_CONV = (BACKBONE + "_conv_head/",)  # the 1x1 convolution whose output every head pools
+LAST_STAGE = (BACKBONE + "_blocks.15/",) + HEAD_CONV  # stage 7 (320 ch) and the 1x1 head conv
 # The blocks whose float copy raised the descriptor cosine most when all the rest was int8 (one block
 # kept float at a time, Nordland-dev slice: blocks 0 +0.028, 1 +0.022, 3 +0.010, every other <= 0.002).
 SENSITIVE = (BACKBONE + "_blocks.0/", BACKBONE + "_blocks.1/")
@@ -128,6 +129,11 @@ VARIANTS = [
     Variant("qdq-minmax-own-c128", own_calibration=True, calib=128),
     Variant("qdq-minmax-own-b01", own_calibration=True, keep_float=SENSITIVE),
     Variant("qdq-minmax-own-b013", own_calibration=True, keep_float=SENSITIVE + (BACKBONE + "_blocks.3/",)),
+    Variant("qdq-minmax-own-head", own_calibration=True, keep_float=HEAD_CONV),
+    Variant("qdq-minmax-own-b01-head", own_calibration=True, keep_float=SENSITIVE + HEAD_CONV),
+    Variant("qdq-minmax-own-stem-head", own_calibration=True, keep_float=STEM + HEAD_CONV),
+    Variant("qdq-minmax-own-stem-c128", own_calibration=True, keep_float=STEM, calib=128),
+    Variant("qdq-minmax-own-stem-b0", own_calibration=True, keep_float=STEM + SENSITIVE[:1]),
     Variant("qdq-percentile-own", own_calibration=True, method="percentile"),
     Variant("qdq-minmax-s8s8", activations="s8"),
     Variant("qdq-minmax-conv", ops=("Conv",)),
@@ -272,12 +278,15 @@ def format_table(rows: list[dict[str, Any]], fp32_recall: dict[str, float]) -> s
              "code bits equal | " + " | ".join(f"R@1 {n} fp32 -> int8" for n in names) + " |",
              "|" + "---|" * (5 + len(names))]
     for row in rows:
-        s1, s4, a = row["speed_b1"], row["speed_b4"], row["agreement"]
+        a = row["agreement"]
         recall = " | ".join(f"{fp32_recall[n]:.1f} -> {row['recall'][n]:.1f}" for n in names)
-        lines.append(f"| {row['variant']} | {s1['fp32']:.1f} / {s1['int8']:.1f} ({s1['ratio']:.2f}x) | "
-                     f"{s4['fp32']:.1f} / {s4['int8']:.1f} ({s4['ratio']:.2f}x) | {a['cos_mean']:.4f} / "
+        lines.append(f"| {row['variant']} | {_speed(row['speed_b1'])} | {_speed(row['speed_b4'])} | {a['cos_mean']:.4f} / "
                      f"{a['cos_min']:.4f} | {100 * a['bits']:.2f} % | {recall} |")
     return "\n".join(lines)
+
+
+def _speed(speed: dict[str, float] | None) -> str:
+    return "not measured" if speed is None else f"{speed['fp32']:.1f} / {speed['int8']:.1f} ({speed['ratio']:.2f}x)"
 
 
 def read_datasets() -> tuple[dict[str, EvalDataset], dict[str, list[np.ndarray]], list[np.ndarray]]:
@@ -295,6 +304,8 @@ def variant_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--variants", default="", help="comma-separated names (default: all; --list shows them)")
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
     parser.add_argument("--rounds", type=int, default=60, help="alternating call pairs at batch 1 (batch 4: a quarter)")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                        help="model to quantize (default: the shipped default)")
     return parser
 
 
@@ -313,16 +324,19 @@ def chosen_variants(parser: argparse.ArgumentParser, args: argparse.Namespace, v
 
 def main() -> int:
     parser = variant_parser(__doc__.splitlines()[0])
+    parser.add_argument("--no-speed", action="store_true", help="accuracy only (for a busy machine)")
     args = parser.parse_args()
     chosen = chosen_variants(parser, args, VARIANTS)
     if chosen is None:
         return 0
     logging.basicConfig(level=logging.WARNING)
+    global OUT
+    OUT = OUT / args.checkpoint.name
     OUT.mkdir(parents=True, exist_ok=True)
 
     datasets, images, timing_images = read_datasets()
 
-    config = EncoderConfig(checkpoint=str(REPO / CHECKPOINT), backend="onnxruntime", device="cpu", threads=1)
+    config = EncoderConfig(checkpoint=str(args.checkpoint), backend="onnxruntime", device="cpu", threads=1)
     model = load_model(config)
     fp32_path = OUT / "model-fp32.onnx"
     export_onnx(model, fp32_path)
@@ -360,8 +374,9 @@ def main() -> int:
         got = encode_all(int8_wide, datasets, images, variant.name)
         rows.append({
             "variant": variant.name, "settings": variant.describe(), "build_s": built_s,
-            "speed_b1": paired_speed(fp32_fast, int8_fast, timing_images, 1, args.rounds),
-            "speed_b4": paired_speed(fp32_fast, int8_fast, timing_images, 4, max(4, args.rounds // 4)),
+            "speed_b1": None if args.no_speed else paired_speed(fp32_fast, int8_fast, timing_images, 1, args.rounds),
+            "speed_b4": None if args.no_speed else paired_speed(fp32_fast, int8_fast, timing_images, 4,
+                                                                max(4, args.rounds // 4)),
             "agreement": agreement(ref, got),
             "recall": {name: recall_at_1(datasets[name], got[name]) for name in datasets},
         })

@@ -59,7 +59,7 @@ from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
 # bench/int8.py: the data sets, the calibration picks and every measurement, shared so that the rows
 # of both benches are comparable.
 # (importing it also puts the repository on sys.path for vpr_core, as it does for bench/machine.py).
-from int8 import (CHECKPOINT, REPO, agreement, calibration_images, chosen_variants, encode_all, format_table,
+from int8 import (REPO, agreement, calibration_images, chosen_variants, encode_all, format_table,
                   paired_speed, read_datasets, recall_at_1, variant_parser)
 from machine import cpu_model, load_average
 from vpr_core.engine import EncoderConfig
@@ -254,7 +254,7 @@ def main() -> int:
 
     datasets, images, timing_images = read_datasets()
 
-    config = EncoderConfig(checkpoint=str(REPO / CHECKPOINT), backend="onnxruntime", device="cpu", threads=1)
+    config = EncoderConfig(checkpoint=str(args.checkpoint), backend="onnxruntime", device="cpu", threads=1)
     wide = dataclasses.replace(config, threads=0)
     model = load_model(config)
     fp32_path = OUT / "model-fp32.onnx"

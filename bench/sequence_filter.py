@@ -1,7 +1,9 @@
 """Sequence filter vs single-frame two-stage retrieval: per-frame tables on the route data sets.
 
     python bench/sequence_filter.py --tune     # grid on the Nordland-tiny DEVELOPMENT section only
-    python bench/sequence_filter.py            # report: dev, test, Corridor, rtabmap_loop
+    python bench/sequence_filter.py            # report: dev, Corridor, rtabmap_loop
+    python bench/sequence_filter.py --sets "Nordland-tiny dev,Nordland-tiny test,Corridor,rtabmap_loop"
+                                               # the same with the held-out test section (final reports)
 
 The report prints, per sequence, Recall@1 over every frame (warm-up included) of single-frame
 two-stage and of the filter (queries in order, and in an order that stops, reverses and skips),
@@ -14,9 +16,10 @@ hardest stretch (its last DEV_HARD frames, where single-frame R@1 is under a thi
 section), each in order and in the stop/reverse/skip order. Among the settings within
 RECALL_SLACK points of the best mean, the one that recovers fastest from a kidnapping on the
 hardest stretch is chosen (ties: the higher mean): a filter that is right along the route but
-takes tens of frames to notice a jump would fail a kidnapped robot. The model is the
-shipped one (checkpoints/lite0-nordland, ONNX Runtime); each query's search is cached in
-out/sequence_filter. Data: ../shared/data or VPR_DATA.
+takes tens of frames to notice a jump would fail a kidnapped robot. The model is the shipped
+default (ONNX Runtime) unless --checkpoint names another; each query's search is cached in
+out/sequence_filter by the encoder's fingerprint. --sets limits the report to some sequences, so the
+held-out test section is scored only when asked. Data: ../shared/data or VPR_DATA.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vpr_core.cli_options import NORDLAND_CHECKPOINT  # noqa: E402
+from vpr_core.cli_options import DEFAULT_CHECKPOINT  # noqa: E402
 from vpr_core.engine import EncoderConfig, create_encoder  # noqa: E402
 from vpr_core.eval import sequence as seq  # noqa: E402
 from vpr_core.eval.sequence import RouteSearch  # noqa: E402
@@ -55,6 +58,7 @@ REPORT = {
     "Corridor": f"vpr_bench:{DATA / 'corridor'}",
     "rtabmap_loop": str(DATA / "rtabmap_loop"),
 }
+HELD_OUT = "Nordland-tiny test"
 GRID = {
     "temperature": (1.5, 2.0, 2.5),
     "top_k": (100, 200),
@@ -64,8 +68,8 @@ GRID = {
 }
 
 
-def routes(specs: dict[str, str]) -> dict[str, RouteSearch]:
-    encoder = create_encoder(EncoderConfig(checkpoint=str(NORDLAND_CHECKPOINT), backend="onnxruntime"))
+def routes(specs: dict[str, str], checkpoint: Path) -> dict[str, RouteSearch]:
+    encoder = create_encoder(EncoderConfig(checkpoint=str(checkpoint), backend="onnxruntime"))
     return {label: route_search(spec, encoder, SEARCH_K, CACHE) for label, spec in specs.items()}
 
 
@@ -108,8 +112,8 @@ def tune(route: RouteSearch) -> None:
         print(f"defaults, min_probability {threshold}: precision {100 * p:.1f} %, accepted {100 * share:.1f} % of frames")
 
 
-def report(all_routes: dict[str, RouteSearch], config: SequenceFilterConfig) -> None:
-    print(f"date {time.strftime('%Y-%m-%d')}; model {NORDLAND_CHECKPOINT.name} (ONNX Runtime); filter {config}")
+def report(all_routes: dict[str, RouteSearch], config: SequenceFilterConfig, checkpoint: Path) -> None:
+    print(f"date {time.strftime('%Y-%m-%d')}; model {checkpoint.name} (ONNX Runtime); filter {config}")
     print("| sequence | frames | map places | single-frame R@1 | filtered R@1 | ratio | stop/reverse/skip: single / "
           "filtered R@1 | single: precision / accepted | filtered: precision / accepted | frames to converge | "
           "frames to recover from a kidnapping | offline smoothing R@1 |")
@@ -149,11 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tune", action="store_true", help="grid on the Nordland-tiny development section only")
     parser.add_argument("--min-probability", type=float, default=SequenceFilterConfig.min_probability)
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                        help="model whose two-stage search feeds the filter (default: the shipped default)")
+    parser.add_argument("--sets", default=",".join(k for k in REPORT if k != HELD_OUT),
+                        help=f"comma-separated sequences to report, of: {', '.join(REPORT)} (default: all but the "
+                             f"held-out {HELD_OUT!r}, which is read only when named)")
     args = parser.parse_args(argv)
     if args.tune:
-        tune(routes({"dev": DEV})["dev"])
+        tune(routes({"dev": DEV}, args.checkpoint)["dev"])
         return 0
-    report(routes(REPORT), replace(SequenceFilterConfig(enabled=True), min_probability=args.min_probability))
+    labels = [label.strip() for label in args.sets.split(",") if label.strip()]
+    unknown = sorted(set(labels) - set(REPORT))
+    if unknown or not labels:
+        parser.error(f"--sets: unknown sequence(s) {unknown or '(none given)'}; choose from: {', '.join(REPORT)}")
+    config = replace(SequenceFilterConfig(enabled=True), min_probability=args.min_probability)
+    report(routes({label: REPORT[label] for label in labels}, args.checkpoint), config, args.checkpoint)
     return 0
 
 

@@ -35,7 +35,7 @@ def gpu_check(monkeypatch) -> ModuleType:
 
 def test_arguments(gpu_check):
     args = gpu_check.parse_args([])
-    assert args.models == ["lite0-mix", "vit-s14", "vit-b14"] and not args.dry_run and args.out is None
+    assert args.models == ["lite0-fused", "vit-s14", "vit-b14"] and not args.dry_run and args.out is None
     assert args.budget == 2.0
     args = gpu_check.parse_args(["--dry-run", "--models", "vit-b14", "--out", "table.md", "--budget", "0.5"])
     assert args.dry_run and args.models == ["vit-b14"] and args.out == Path("table.md") and args.budget == 0.5
@@ -48,7 +48,7 @@ def test_arguments(gpu_check):
 def test_plan_names_every_model_variant_and_batch(gpu_check):
     lines = gpu_check.plan(gpu_check.parse_args([]))
     assert len(lines) == 3
-    for line, preset in zip(lines, ("lite0-mix", "vits14-test", "selavpr++-b")):
+    for line, preset in zip(lines, ("lite0-fused", "vits14-test", "selavpr++-b")):
         assert f"({preset})" in line
         assert "cuda fp32, cuda fp16, cuda fp16 graphs" in line and "batch 1/8/32" in line
 
@@ -70,11 +70,11 @@ def test_dry_run_exercises_parity_and_timing_on_the_cpu(tmp_path, data_dir):
     out = run.stdout
     assert re.search(r"^# gpu_check \d{4}-\d\d-\d\d: GPU .*; torch .*, CUDA .*, cuDNN ", out, re.M)
     assert "plan (GPU run): [dry run: not measured]" in out
-    for model in ("lite0-mix", "vit-s14", "vit-b14"):
+    for model in ("lite0-fused", "vit-s14", "vit-b14"):
         assert f"- {model} (" in out
     table_header = "| model | input | variant | cos min | bits min | parity | img/s b1 | img/s b2 | net img/s b2 |"
     assert table_header in out
-    cells = r" \| ".join([r"lite0-mix", r"320x240", r"cpu fp32 \(dry run\)", *[r"(\S+)"] * 2, "ok", *[r"(\S+)"] * 3])
+    cells = r" \| ".join([r"lite0-fused", r"320x240", r"cpu fp32 \(dry run\)", *[r"(\S+)"] * 2, "ok", *[r"(\S+)"] * 3])
     row = re.search(rf"^\| {cells} \|$", out, re.M)
     assert row, out
     cosine, bits, *speeds = (float(v) for v in row.groups())
@@ -90,7 +90,7 @@ def test_a_failing_variant_gets_an_error_row_and_the_others_are_measured(gpu_che
     thread, as the dry run: a code check, kept off the other jobs' cores."""
     monkeypatch.setattr(gpu_check, "DATA", data_dir)
     variants = (gpu_check.Variant("cpu fp16", "fp16", False), gpu_check.DRY_RUN_VARIANT)
-    rows = gpu_check.check_model(gpu_check.MODELS["lite0-mix"], variants, "cpu", gpu_check.load_images(1), 1,
+    rows = gpu_check.check_model(gpu_check.MODELS["lite0-fused"], variants, "cpu", gpu_check.load_images(1), 1,
                                  (1,), 0.0, 1)
     assert rows[0]["parity"].startswith("ERROR ValueError: precision 'fp16'") and rows[0]["img/s b1"] == "-"
     assert rows[1]["parity"] == "ok" and float(rows[1]["img/s b1"]) > 0

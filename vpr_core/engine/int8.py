@@ -2,16 +2,16 @@
 
 Why static INT8: on robots without an NVIDIA GPU the ONNX Runtime encoder is most of the cost of every
 frame, and EfficientNet-Lite was designed to quantize (ReLU6, no squeeze-excitation). The recipe is
-the one ``bench/int8.py`` found best on data the scores are not reported on (README "INT8 on the
-CPU"): QDQ format, per-channel signed weights, unsigned activations, MinMax calibration, the backbone
-quantized from one convolution to the next (Conv, Add, Clip, Pad) except its three most sensitive
-blocks, and the heads (aggregation, projections, normalisation: everything after the backbone) left
-in float.
+the one ``bench/int8.py`` found best for the kind of model on data the scores are not reported on
+(README "INT8 on the CPU"): QDQ format, per-channel signed weights, unsigned activations, MinMax
+calibration, the backbone quantized from one convolution to the next (Conv, Add, Clip, Pad) except
+its most sensitive parts (``RECIPES``: which ones depends on the heads), and the heads (aggregation,
+projections, normalisation: everything after the backbone) left in float.
 
 The calibration images set the ranges every activation is clipped to, so they should be the frames
 the robot will see: its map's (``calibration_images``). The quantized graph computes other
-descriptors than fp32 (mean cosine 0.97 on real images), so it is a different encoder: its
-fingerprint is the fp32 one plus the calibration digest, and a map built with fp32 is refused by an
+descriptors than fp32 (mean cosine 0.97-0.99 on real images), so it is a different encoder: its
+fingerprint is the fp32 one plus the calibration digest (which covers the recipe), and a map built with fp32 is refused by an
 INT8 node (and the other way round). The calibration set decides the quantization ranges, so its
 digest (of the preprocessed images, not of their paths) is part of the cache key: another set
 re-quantizes the cached graph in place.
@@ -44,18 +44,42 @@ log = logging.getLogger(__name__)
 
 BACKBONE_PREFIX = "/model/backbone/"
 QUANTIZED_OPS = ("Conv", "Add", "Clip", "Pad")
-# EfficientNet-Lite blocks left in float: kept float one at a time (the rest int8), blocks 0, 1 and 3
-# raised the descriptor cosine most (+0.028, +0.022, +0.010; every other block <= 0.002) on the
-# Nordland development slice; the three together took the mean cosine over Corridor and that slice
-# from 0.90 to 0.97 for 1.41x instead of 1.54x at batch 1 (README "INT8 on the CPU").
-FLOAT_BLOCKS = tuple(f"{BACKBONE_PREFIX}_blocks.{i}/" for i in (0, 1, 3))
 METHOD = "minmax"
-RECIPE = "qdq per-channel u8s8 minmax, backbone Conv/Add/Clip/Pad but blocks 0, 1, 3; heads float"
-RECIPE_VERSION = 2
-# Refusal floor of the quantized graph against fp32 on the calibration images: the recipe gives a
-# mean cosine of 0.97 on real images (Corridor and Nordland); the whole-graph and per-tensor attempts
-# that lost the descriptor fell to 0.3-0.7 (README), so a graph under 0.9 is not written.
+RECIPE_VERSION = 3
+# Refusal floor of the quantized graph against fp32 on the calibration images: the recipes give a
+# mean cosine of 0.97-0.99 on real images (Corridor and Nordland); the whole-graph and per-tensor
+# attempts that lost the descriptor fell to 0.3-0.7 (README), so a graph under 0.9 is not written.
 MIN_MEAN_COSINE = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Recipe:
+    """Which backbone parts stay in float (node-name prefixes under the backbone); the heads always do."""
+
+    name: str
+    float_parts: tuple[str, ...]
+
+    def describe(self) -> str:
+        kept = ", ".join(p.removeprefix(BACKBONE_PREFIX).strip("/") for p in self.float_parts)
+        return f"qdq per-channel u8s8 {METHOD}, backbone Conv/Add/Clip/Pad but {kept}; heads float"
+
+
+# Chosen per model by bench/int8.py on Corridor and the Nordland development slice (README "INT8 on
+# the CPU"), the fastest recipe within a point of fp32 R@1 on both, else the smallest largest loss:
+# - fused models (the default lite0-fused): stem and block 0 float, 1.51x fp32 at batch 1 on one
+#   thread, R@1 73.9 -> 73.9 and 14.2 -> 13.8; blocks 0, 1, 3 float there was slower (1.24x) and lost
+#   2.7 and 1.6 points.
+# - the unfused trained heads (lite0-nordland): blocks 0, 1 and 3 float (1.24x, +0.9 / -1.2); stem and
+#   block 0 float lost 0.9 / 2.8 points with them. Kept for every model not measured otherwise.
+RECIPES = {
+    "stem-block0": Int8Recipe("stem-block0", (f"{BACKBONE_PREFIX}_conv_stem/", f"{BACKBONE_PREFIX}_blocks.0/")),
+    "blocks-0-1-3": Int8Recipe("blocks-0-1-3", tuple(f"{BACKBONE_PREFIX}_blocks.{i}/" for i in (0, 1, 3))),
+}
+
+
+def recipe_for(model_config: ModelConfig) -> Int8Recipe:
+    """The recipe measured best for this kind of model (see RECIPES)."""
+    return RECIPES["stem-block0" if model_config.fusion is not None else "blocks-0-1-3"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +90,12 @@ class Calibration:
     source: str
     frames: int
     sha256: str
+    recipe: Int8Recipe
 
     def record(self) -> dict[str, Any]:
         return {"source": self.source, "frames": self.frames, "method": METHOD, "sha256": self.sha256,
-                "recipe": RECIPE, "recipe_version": RECIPE_VERSION}
+                "recipe": self.recipe.name, "recipe_details": self.recipe.describe(),
+                "recipe_version": RECIPE_VERSION}
 
 
 def calibration_images(spec: str, count: int) -> list[np.ndarray]:
@@ -96,13 +122,15 @@ def calibration_images(spec: str, count: int) -> list[np.ndarray]:
 
 
 def load_calibration(spec: str, count: int, model_config: ModelConfig) -> Calibration:
-    """The calibration batch of ``spec`` preprocessed for ``model_config``, digested."""
+    """The calibration batch of ``spec`` preprocessed for ``model_config``, digested with the
+    model's recipe (another recipe computes other descriptors, so it is another encoder)."""
     images = calibration_images(spec, count)
     batch = np.concatenate([preprocess(image[None], model_config) for image in images])
+    recipe = recipe_for(model_config)
     digest = hashlib.sha256()
-    digest.update(f"{METHOD};{RECIPE_VERSION};{batch.shape}".encode())
+    digest.update(f"{METHOD};{RECIPE_VERSION};{recipe.name};{batch.shape}".encode())
     digest.update(np.ascontiguousarray(batch).tobytes())
-    return Calibration(batch, spec, len(images), digest.hexdigest())
+    return Calibration(batch, spec, len(images), digest.hexdigest(), recipe)
 
 
 def int8_fingerprint(base_fingerprint: str, calibration_sha256: str) -> str:
@@ -126,10 +154,10 @@ class _Reader:
         self._rows = iter(range(len(self._batch)))
 
 
-def float_nodes(model: onnx.ModelProto) -> list[str]:
-    """The heads (quantizing them cost 2 points of R@1) and the sensitive blocks stay float."""
+def float_nodes(model: onnx.ModelProto, recipe: Int8Recipe) -> list[str]:
+    """The heads (quantizing them cost 2 points of R@1) and the recipe's sensitive parts stay float."""
     return [node.name for node in model.graph.node
-            if not node.name.startswith(BACKBONE_PREFIX) or node.name.startswith(FLOAT_BLOCKS)]
+            if not node.name.startswith(BACKBONE_PREFIX) or node.name.startswith(recipe.float_parts)]
 
 
 @contextmanager
@@ -165,7 +193,7 @@ def quantize(fp32_path: Path, out_path: Path, calibration: Calibration, input_na
             str(pre), str(quantized), _Reader(calibration.batch, input_name),
             quant_format=QuantFormat.QDQ, op_types_to_quantize=list(QUANTIZED_OPS), per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=float_nodes(onnx.load(str(pre))), calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=float_nodes(onnx.load(str(pre)), calibration.recipe), calibrate_method=CalibrationMethod.MinMax,
         )
         atomic_write_bytes(out_path, quantized.read_bytes())
 
@@ -244,8 +272,9 @@ def _stale_reason(path: Path, description: dict[str, Any] | None, fp32_path: Pat
     if stored.get("sha256") != calibration.sha256:
         wrong.append(f"another calibration set ({stored.get('frames')} frames of {stored.get('source')!r}, now "
                      f"{calibration.frames} of {calibration.source!r})")
-    if stored.get("recipe_version") != RECIPE_VERSION:
-        wrong.append(f"recipe version {stored.get('recipe_version')!r} != {RECIPE_VERSION}")
+    if (stored.get("recipe"), stored.get("recipe_version")) != (calibration.recipe.name, RECIPE_VERSION):
+        wrong.append(f"recipe {stored.get('recipe')!r} version {stored.get('recipe_version')!r} != "
+                     f"{calibration.recipe.name!r} version {RECIPE_VERSION}")
     if wrong:
         return "; ".join(wrong)
     if description.get("onnx_sha256") != file_sha256(path):
