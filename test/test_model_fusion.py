@@ -134,10 +134,14 @@ def test_fuse_reproduces_the_shipped_checkpoint_and_round_trips(tmp_path):
     lite0_float = build_model("lite0").head.float_branch.state_dict()
     for name, tensor in loaded.head.state_dict().items():
         if name.startswith("fusion.branch."):
-            # the GeM branch: lite0's seeded initialisation (a QR on this machine's LAPACK)
+            # the GeM branch: lite0's seeded initialisation, a float32 QR. On this machine it is the
+            # same as lite0's to rounding; the shipped file was made on another CPU, whose MKL code
+            # path may round the QR differently (up to 1.5e-6 per weight, measured on an AMD EPYC).
             assert torch.allclose(tensor, lite0_float[name.removeprefix("fusion.branch.")], atol=1e-6), name
-            assert torch.allclose(tensor, shipped.head.state_dict()[name], atol=1e-6), name
+            assert torch.allclose(tensor, shipped.head.state_dict()[name], atol=1e-5), name
         else:
             assert torch.equal(tensor, nordland[name]) and torch.equal(tensor, shipped.head.state_dict()[name]), name
+    fc = loaded.head.state_dict()["fusion.branch.fc.weight"].double()  # an isometry on any machine
+    assert torch.allclose(fc @ fc.T, torch.eye(fc.shape[0], dtype=torch.float64), atol=1e-5)
     with pytest.raises(ValueError, match="already fused"):
         fuse_checkpoint(out, W, tmp_path / "twice")
